@@ -1,0 +1,83 @@
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from transpose import geometry as g
+
+
+def random_rotation(rng):
+    q = rng.normal(size=4)
+    return g.quat_to_rotmat(q / np.linalg.norm(q))
+
+
+def test_quaternion_roundtrip_all_branches():
+    rng = np.random.default_rng(0)
+    rots = [random_rotation(rng) for _ in range(50)]
+    # rotations by ~180 degrees exercise the non-trace branches
+    rots += [g.rvec_to_rotmat(np.array(axis) * math.pi) for axis in ([1, 0, 0], [0, 1, 0], [0, 0, 1])]
+    for R in rots:
+        q = g.rotmat_to_quat(R)
+        assert q[0] >= 0 and abs(np.linalg.norm(q) - 1) < 1e-12
+        assert np.abs(g.quat_to_rotmat(q) - R).max() < 1e-10
+        qt = g.rotmat_to_quat_torch(torch.from_numpy(R))
+        assert np.abs(g.quat_to_rotmat(qt.numpy()) - R).max() < 1e-10
+
+
+def test_quaternion_convention_is_wxyz():
+    # 90 degrees about z: w = cos(45), z = sin(45)
+    R = g.quat_to_rotmat([math.cos(math.pi / 4), 0, 0, math.sin(math.pi / 4)])
+    assert np.allclose(R @ [1, 0, 0], [0, 1, 0])
+
+
+def test_rvec_roundtrip_and_euler():
+    rng = np.random.default_rng(1)
+    for _ in range(20):
+        rvec = rng.normal(size=3)
+        rvec *= min(1.0, 3.0 / np.linalg.norm(rvec))
+        assert np.allclose(g.rotmat_to_rvec(g.rvec_to_rotmat(rvec)), rvec, atol=1e-9)
+        yaw, pitch, roll = rng.uniform(-170, 170), rng.uniform(-80, 80), rng.uniform(-170, 170)
+        R = g.euler_zyx_to_rotmat(yaw, pitch, roll)
+        assert np.allclose(g.rotmat_to_euler_zyx(R), (yaw, pitch, roll), atol=1e-9)
+
+
+def test_pose_inverse_and_rigidity():
+    rng = np.random.default_rng(2)
+    T = g.make_pose(random_rotation(rng), rng.normal(size=3))
+    assert np.allclose(g.invert_pose(T) @ T, np.eye(4), atol=1e-12)
+    assert g.is_rigid(T)
+    bad = T.copy()
+    bad[:3, :3] *= 1.1
+    with pytest.raises(ValueError, match="frame-1.pose.txt: not a rigid transform"):
+        g.check_rigid(bad, "frame-1.pose.txt")
+    with pytest.raises(ValueError, match="NaN"):
+        g.check_rigid(np.full((4, 4), np.nan), "p")
+
+
+def test_projection_backprojection_roundtrip():
+    rng = np.random.default_rng(3)
+    K = g.intrinsics_matrix(525.0, 520.0, 320.0, 240.0)
+    T = g.make_pose(random_rotation(rng), rng.normal(size=3))
+    depth = rng.uniform(1.0, 4.0, size=(6, 8))
+    pix = g.cell_centers(6, 8, stride=8)
+    world = g.backproject_depth(depth, K, T, pixels=pix)
+    uv, z = g.project(world.reshape(-1, 3), T, K)
+    assert np.allclose(uv, pix.reshape(-1, 2), atol=1e-9)
+    assert np.allclose(z, depth.reshape(-1), atol=1e-9)
+    # cell (i, j) sees pixel (8j + 4, 8i + 4)
+    assert tuple(pix[2, 5]) == (44.0, 20.0)
+
+
+def test_errors():
+    R = g.rvec_to_rotmat([0, 0, math.radians(3.0)])
+    T_a = g.make_pose(np.eye(3), [0, 0, 0])
+    T_b = g.make_pose(R, [0.03, 0.04, 0])
+    rot, trans = g.pose_errors(T_b, T_a)
+    assert abs(rot - 3.0) < 1e-9 and abs(trans - 0.05) < 1e-12
+    # clamped acos: identical rotations give exactly 0, never NaN
+    assert g.rotation_error_deg(np.eye(3), np.eye(3) * (1 + 1e-12)) == 0.0
+    Rt = torch.tensor(R)
+    assert abs(g.rotation_error_deg_torch(Rt, torch.eye(3, dtype=torch.float64)).item() - 3.0) < 1e-4
+    q = torch.tensor(g.rotmat_to_quat(R))
+    assert abs(g.quat_angle_deg_torch(q, -torch.tensor([1.0, 0, 0, 0], dtype=torch.float64)).item() - 3.0) < 1e-6
