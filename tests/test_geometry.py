@@ -81,3 +81,7 @@ def test_errors():
     assert abs(g.rotation_error_deg_torch(Rt, torch.eye(3, dtype=torch.float64)).item() - 3.0) < 1e-4
     q = torch.tensor(g.rotmat_to_quat(R))
     assert abs(g.quat_angle_deg_torch(q, -torch.tensor([1.0, 0, 0, 0], dtype=torch.float64)).item() - 3.0) < 1e-6
+
+
+def test_cell_centers_torch_matches_numpy():
+    assert np.array_equal(g.cell_centers_torch(3, 5, 8, dtype=torch.float64).numpy(), g.cell_centers(3, 5, 8))

@@ -35,7 +35,7 @@ __all__ = [
     "transform_points", "project", "backproject_depth",
     "rotation_error_deg", "translation_error", "pose_errors",
     "quat_to_rotmat_torch", "rotmat_to_quat_torch", "rotation_error_deg_torch",
-    "quat_angle_deg_torch", "transform_points_torch", "project_torch",
+    "quat_angle_deg_torch", "transform_points_torch", "project_torch", "cell_centers_torch",
 ]
 
 
@@ -340,6 +340,16 @@ def quat_angle_deg_torch(q_a: "torch.Tensor", q_b: "torch.Tensor") -> "torch.Ten
 def transform_points_torch(T: "torch.Tensor", points: "torch.Tensor") -> "torch.Tensor":
     """Apply transforms ``(..., 4, 4)`` to points ``(..., N, 3)``."""
     return points @ T[..., :3, :3].transpose(-1, -2) + T[..., None, :3, 3]
+
+
+def cell_centers_torch(height: int, width: int, stride: int = 8, device=None,
+                       dtype=None) -> "torch.Tensor":
+    """Torch twin of :func:`cell_centers`: pixel centres ``(height, width, 2)`` as ``(x, y)``."""
+    dtype = dtype or torch.float32
+    ys = torch.arange(height, device=device, dtype=dtype) * stride + stride / 2
+    xs = torch.arange(width, device=device, dtype=dtype) * stride + stride / 2
+    gy, gx = torch.meshgrid(ys, xs, indexing="ij")
+    return torch.stack([gx, gy], -1)
 
 
 def project_torch(points_cam: "torch.Tensor", K: "torch.Tensor", min_depth: float = 1e-6) -> "torch.Tensor":

@@ -1,0 +1,1 @@
+"""Scene data: folders, loaders, augmentation, pose lists, synthetic scenes, dataset setup, view overlap."""

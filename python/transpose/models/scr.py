@@ -1,0 +1,123 @@
+"""Scene-coordinate regression network (DSAC*-style, fully convolutional, output stride 8).
+
+Input: a grayscale image ``(B, 1, H, W)`` normalised with :data:`IMAGE_MEAN` / :data:`IMAGE_STD`.
+Output: scene coordinates ``(B, 3, H/8, W/8)`` in metres (world frame), offset by the scene centre
+stored in the network, and, with ``uncertainty=True``, a per-cell standard deviation
+``sigma (B, 1, H/8, W/8) > 0`` in metres (``exp`` of a clamped activation, as KFNet and CrossLoc).
+
+The network is split into :meth:`SCRNet.encode` (stride-8 features, used by the sim-to-real
+contrastive head and mid-level fusion) and :meth:`SCRNet.decode` (the regression head).
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence, Tuple
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+#: Grayscale normalisation applied by the data pipeline (DSAC*'s values).
+IMAGE_MEAN = 0.4
+IMAGE_STD = 0.25
+#: Output stride of the network: one prediction per 8x8 pixel cell.
+STRIDE = 8
+#: ln(sigma) is clamped to this range (metres): 2.5 mm to 20 m.
+LOG_SIGMA_RANGE = (-6.0, 3.0)
+
+
+def _conv(cin: int, cout: int, k: int, stride: int = 1) -> nn.Conv2d:
+    return nn.Conv2d(cin, cout, k, stride, k // 2)
+
+
+class ResidualBlock(nn.Module):
+    """Three convolutions with a skip (1x1 projection when the width changes)."""
+
+    def __init__(self, cin: int, cout: int, kernels: Sequence[int] = (3, 1, 3)):
+        super().__init__()
+        self.conv1 = _conv(cin, cout, kernels[0])
+        self.conv2 = _conv(cout, cout, kernels[1])
+        self.conv3 = _conv(cout, cout, kernels[2])
+        self.skip = _conv(cin, cout, 1) if cin != cout else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = F.relu(self.conv1(x))
+        y = F.relu(self.conv2(y))
+        y = F.relu(self.conv3(y))
+        return (self.skip(x) if self.skip is not None else x) + y
+
+
+class SCRNet(nn.Module):
+    """DSAC*-style coordinate regressor.
+
+    Args:
+        scene_center: ``(3,)`` added to the raw output so the network regresses offsets from the
+            scene's centre (the mean of the training camera positions, as DSAC*).
+        width: channel multiplier; 1.0 is DSAC*'s full network (32..512 channels), 0.5 its tiny
+            variant, smaller values fit CPU demos.
+        uncertainty: add a fourth output channel giving sigma per cell.
+        in_channels: 1 for grayscale images (other values for depth/normal inputs).
+    """
+
+    def __init__(self, scene_center: Optional[Sequence[float]] = None, width: float = 1.0,
+                 uncertainty: bool = False, in_channels: int = 1):
+        super().__init__()
+        c = [max(8, int(round(w * width))) for w in (32, 64, 128, 256, 512)]
+        self.width = width
+        self.uncertainty = uncertainty
+        self.conv1 = _conv(in_channels, c[0], 3)
+        self.conv2 = _conv(c[0], c[1], 3, 2)
+        self.conv3 = _conv(c[1], c[2], 3, 2)
+        self.conv4 = _conv(c[2], c[3], 3, 2)
+        self.res1 = ResidualBlock(c[3], c[3])
+        self.res2 = ResidualBlock(c[3], c[4])
+        self.res3 = ResidualBlock(c[4], c[4], kernels=(1, 1, 1))
+        self.fc1 = _conv(c[4], c[4], 1)
+        self.fc2 = _conv(c[4], c[4], 1)
+        self.fc3 = _conv(c[4], 4 if uncertainty else 3, 1)
+        self.feature_channels = c[3]
+        center = torch.zeros(3) if scene_center is None else torch.as_tensor(scene_center, dtype=torch.float32)
+        self.register_buffer("scene_center", center.reshape(3).clone())
+
+    def encode(self, image: torch.Tensor) -> torch.Tensor:
+        """Stride-8 features ``(B, C, H/8, W/8)`` of a normalised image ``(B, 1, H, W)``."""
+        x = F.relu(self.conv1(image))
+        x = F.relu(self.conv2(x))
+        x = F.relu(self.conv3(x))
+        x = F.relu(self.conv4(x))
+        return self.res1(x)
+
+    def decode(self, features: torch.Tensor) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """Coordinates ``(B, 3, h, w)`` and sigma ``(B, 1, h, w)`` (None without uncertainty)."""
+        x = self.res3(self.res2(features))
+        x = F.relu(self.fc1(x))
+        x = F.relu(self.fc2(x))
+        out = self.fc3(x)
+        coords = out[:, :3] + self.scene_center.view(1, 3, 1, 1)
+        sigma = None
+        if self.uncertainty:
+            sigma = torch.exp(out[:, 3:4].clamp(*LOG_SIGMA_RANGE))
+        return coords, sigma
+
+    def forward(self, image: torch.Tensor) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """``(coords (B, 3, H/8, W/8), sigma (B, 1, H/8, W/8) or None)`` for images ``(B, 1, H, W)``."""
+        if image.dim() != 4:
+            raise ValueError(f"SCRNet expects images (B, C, H, W), got shape {tuple(image.shape)}")
+        return self.decode(self.encode(image))
+
+    def options(self) -> dict:
+        """Everything needed to rebuild this network (stored in checkpoints)."""
+        return {"width": self.width, "uncertainty": self.uncertainty,
+                "scene_center": [float(v) for v in self.scene_center],
+                "in_channels": self.conv1.in_channels}
+
+    @classmethod
+    def from_options(cls, options: dict) -> "SCRNet":
+        return cls(scene_center=options.get("scene_center"), width=options.get("width", 1.0),
+                   uncertainty=options.get("uncertainty", False), in_channels=options.get("in_channels", 1))
+
+
+def output_size(height: int, width: int) -> Tuple[int, int]:
+    """Prediction grid ``(h, w)`` for an image ``(height, width)``: three stride-2 convs with padding 1."""
+    for _ in range(3):
+        height, width = (height + 1) // 2, (width + 1) // 2
+    return height, width
