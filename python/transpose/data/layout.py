@@ -220,8 +220,12 @@ def write_calibration(path: PathLike, K: Union[float, np.ndarray]) -> None:
 
 
 def write_depth(path: PathLike, depth_m: np.ndarray) -> None:
-    """Depth in metres -> uint16 millimetre PNG (invalid / out of range -> 0)."""
+    """Depth in metres -> uint16 millimetre PNG (invalid / out of range -> 0), or float32 metres when
+    ``path`` ends in ``.npy`` (invalid -> 0)."""
     d = np.asarray(depth_m, dtype=np.float64)
+    if Path(path).suffix.lower() == ".npy":
+        io.save_npy(path, np.where(np.isfinite(d) & (d > 0), d, 0.0).astype(np.float32))
+        return
     mm = np.where(np.isfinite(d) & (d > 0), np.round(d * 1000.0), 0.0)
     mm = np.where(mm < 65535, mm, 0).astype(np.uint16)
     io.save_image(path, mm)
@@ -230,14 +234,15 @@ def write_depth(path: PathLike, depth_m: np.ndarray) -> None:
 def write_frame(scene_dir: PathLike, section: str, key: str, *, rgb: Optional[np.ndarray] = None,
                 pose: Optional[np.ndarray] = None, K: Union[None, float, np.ndarray] = None,
                 depth: Optional[np.ndarray] = None, init: Optional[np.ndarray] = None,
-                normal: Optional[np.ndarray] = None, rgb_ext: str = ".png") -> None:
+                normal: Optional[np.ndarray] = None, rgb_ext: str = ".png", depth_ext: str = ".png") -> None:
     """Write whatever is given of one frame into ``scene_dir/section/<folder>/<key>.<ext>``, atomically.
 
     Args:
         rgb: uint8 ``(H, W, 3)`` or ``(H, W)``.
         pose: 4x4 camera-to-world.
         K: a focal length or a 3x3 intrinsics matrix.
-        depth: ``(H, W)`` metres (saved as uint16 mm PNG).
+        depth: ``(H, W)`` metres (saved as uint16 mm PNG, or with ``depth_ext='.npy'`` as float32
+            metres: aerial scenes are deeper than the 65.5 m a uint16 mm PNG holds).
         init: coordinates ``(3, h, w)`` float (saved as float32 ``.npy``; zeros = no label).
         normal: normals ``(3, h, w)`` float (saved as float16 ``.npy``).
     """
@@ -249,7 +254,7 @@ def write_frame(scene_dir: PathLike, section: str, key: str, *, rgb: Optional[np
     if K is not None:
         write_calibration(base / "calibration" / f"{key}.txt", K)
     if depth is not None:
-        write_depth(base / "depth" / f"{key}.png", depth)
+        write_depth(base / "depth" / f"{key}{depth_ext}", depth)
     if init is not None:
         io.save_npy(base / "init" / f"{key}.npy", np.asarray(init, dtype=np.float32))
     if normal is not None:

@@ -1,0 +1,225 @@
+"""Geometric and photometric augmentation that keeps images, intrinsics, poses and targets consistent.
+
+A geometric augmentation is a *new virtual camera*: the same camera centre, rotated about its
+optical axis by ``angle`` and zoomed by ``scale``. Its intrinsics and pose follow exactly, so a
+world point seen by the original camera at pixel ``p_in`` is seen by the new one at ``p_out``::
+
+    K_out   = [[scale * fx, 0, cx_out], [0, scale * fy, cy_out], [0, 0, 1]]
+    R_z     = rotation about the camera z axis by ``angle`` (new camera from old camera)
+    T_out   = T_in @ [[R_z^T, 0], [0, 1]]                 (camera-to-world)
+    p_in    = M @ p_out,   M = K_in @ R_z^T @ inv(K_out)   (affine: R_z keeps z)
+
+Because ``M`` maps every output pixel to the input pixel on the same ray, the image is resampled
+through ``M`` (bilinear), and per-cell targets are looked up through ``M`` too (nearest sample,
+or back-projected from depth on the exact ray of the output cell centre). This works for any
+``fx != fy`` and any principal point; rotation is about the principal point.
+
+Pixel coordinates are continuous with pixel ``k`` covering ``[k, k + 1)`` (so a single focal
+length puts the principal point at ``(W / 2, H / 2)`` and cell ``(i, j)`` at ``(8j + 4, 8i + 4)``).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Optional, Tuple, Union
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .. import geometry
+
+__all__ = [
+    "AugmentParams", "ViewTransform", "sample_augmentation", "view_transform", "rotation_z",
+    "map_points", "warp_image", "sample_nearest", "adjust_brightness_contrast",
+]
+
+
+@dataclass(frozen=True)
+class AugmentParams:
+    """Ranges of the random augmentation (defaults follow DSAC*: scale 2/3..3/2, +-30 deg, 0.1 jitter)."""
+
+    scale_min: float = 2.0 / 3.0
+    scale_max: float = 3.0 / 2.0
+    rotation_deg: float = 30.0
+    brightness: float = 0.1
+    contrast: float = 0.1
+
+    def __post_init__(self) -> None:
+        if not (0 < self.scale_min <= self.scale_max):
+            raise ValueError(f"augmentation scale range must satisfy 0 < min <= max, got "
+                             f"[{self.scale_min}, {self.scale_max}]")
+        if self.rotation_deg < 0 or self.brightness < 0 or self.contrast < 0:
+            raise ValueError("augmentation rotation, brightness and contrast must be >= 0")
+        if self.brightness >= 1 or self.contrast >= 1:
+            raise ValueError("augmentation brightness and contrast must be < 1 (factors 1 +- value)")
+
+
+def sample_augmentation(params: AugmentParams, generator: Optional[torch.Generator] = None) -> dict:
+    """Draw one augmentation: ``{'scale', 'angle_deg', 'brightness', 'contrast'}``.
+
+    Uses torch's RNG so that DataLoader workers (seeded per worker by torch) draw different values.
+    Scale is drawn log-uniformly so zooming in and out are equally likely.
+    """
+    u = torch.rand(4, generator=generator, dtype=torch.float64).tolist()
+    log_lo, log_hi = math.log(params.scale_min), math.log(params.scale_max)
+    return {
+        "scale": math.exp(log_lo + (log_hi - log_lo) * u[0]),
+        "angle_deg": (2.0 * u[1] - 1.0) * params.rotation_deg,
+        "brightness": 1.0 + (2.0 * u[2] - 1.0) * params.brightness,
+        "contrast": 1.0 + (2.0 * u[3] - 1.0) * params.contrast,
+    }
+
+
+def rotation_z(angle_deg: float) -> np.ndarray:
+    """Rotation ``(3, 3)`` about the camera z (optical) axis by ``angle_deg``."""
+    a = math.radians(angle_deg)
+    c, s = math.cos(a), math.sin(a)
+    return np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
+
+
+@dataclass
+class ViewTransform:
+    """A virtual camera derived from an input camera (see the module docstring).
+
+    Attributes:
+        K: ``(3, 3)`` intrinsics of the output image.
+        R_new_from_old: ``(3, 3)`` rotation taking old camera coordinates to new ones.
+        M: ``(3, 3)`` affine map of output pixels to input pixels (homogeneous, last row 0 0 1).
+        size: ``(H_out, W_out)`` of the output image.
+    """
+
+    K: np.ndarray
+    R_new_from_old: np.ndarray
+    M: np.ndarray
+    size: Tuple[int, int]
+
+    def pose(self, T_c2w: np.ndarray) -> np.ndarray:
+        """The output camera's camera-to-world pose ``(4, 4)`` from the input's."""
+        return np.asarray(T_c2w, dtype=np.float64) @ geometry.make_pose(self.R_new_from_old.T, np.zeros(3))
+
+    @property
+    def is_identity(self) -> bool:
+        return bool(np.allclose(self.M, np.eye(3), atol=1e-9))
+
+
+def view_transform(K_in: np.ndarray, size_in: Tuple[int, int], scale: float = 1.0, angle_deg: float = 0.0,
+                   size_out: Optional[Tuple[int, int]] = None) -> ViewTransform:
+    """The virtual camera zoomed by ``scale`` and rotated by ``angle_deg`` about the optical axis.
+
+    Args:
+        K_in: ``(3, 3)`` input intrinsics.
+        size_in: ``(H, W)`` of the input image.
+        scale: zoom factor (focal lengths are multiplied by it).
+        angle_deg: in-plane rotation.
+        size_out: ``(H_out, W_out)`` output canvas; default the scaled input size
+            ``(round(H * scale), round(W * scale))``. The scaled principal point is shifted by half
+            the difference, i.e. the canvas is centred on the scaled image (a centre crop or pad).
+    """
+    K_in = geometry.check_intrinsics(K_in)
+    H, W = size_in
+    if scale <= 0:
+        raise ValueError(f"scale must be positive, got {scale}")
+    if size_out is None:
+        size_out = (max(1, int(round(H * scale))), max(1, int(round(W * scale))))
+    H_out, W_out = int(size_out[0]), int(size_out[1])
+    K_out = K_in.copy()
+    K_out[0, 0] *= scale
+    K_out[1, 1] *= scale
+    K_out[0, 1] *= scale
+    K_out[0, 2] = K_in[0, 2] * scale + (W_out - W * scale) / 2.0
+    K_out[1, 2] = K_in[1, 2] * scale + (H_out - H * scale) / 2.0
+    R = rotation_z(angle_deg)
+    M = K_in @ R.T @ np.linalg.inv(K_out)
+    M[2] = (0.0, 0.0, 1.0)  # exact: R_z leaves z alone, remove round-off
+    return ViewTransform(K=K_out, R_new_from_old=R, M=M, size=(H_out, W_out))
+
+
+def map_points(M: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """Apply an affine pixel map ``M (3, 3)`` to points ``(..., 2)``."""
+    points = np.asarray(points, dtype=np.float64)
+    x, y = points[..., 0], points[..., 1]
+    # explicit affine (not a matmul): BLAS threads contend badly inside busy DataLoader workers
+    return np.stack([M[0, 0] * x + M[0, 1] * y + M[0, 2], M[1, 0] * x + M[1, 1] * y + M[1, 2]], axis=-1)
+
+
+def warp_image(image: torch.Tensor, M: np.ndarray, size_out: Tuple[int, int], mode: str = "bilinear",
+               fill: float = 0.0) -> torch.Tensor:
+    """Resample ``image (C, H, W)`` so that output pixel ``p`` takes the input value at ``M @ p``.
+
+    Bilinear (or ``'nearest'``) sampling at pixel centres; outside the input the value is ``fill``.
+    """
+    C, H, W = image.shape
+    H_out, W_out = size_out
+    # affine_grid works in normalised coordinates (align_corners=False: -1 and 1 are the outer
+    # edges, i.e. continuous pixel 0 and W): theta = N_in @ M @ inv(N_out)
+    def normalise(w: int, h: int) -> np.ndarray:
+        return np.array([[2.0 / w, 0.0, -1.0], [0.0, 2.0 / h, -1.0], [0.0, 0.0, 1.0]])
+
+    theta = normalise(W, H) @ np.asarray(M, dtype=np.float64) @ np.linalg.inv(normalise(W_out, H_out))
+    # the grid is built in numpy (affine_grid's batched matmul is slow on busy cores)
+    xs = ((np.arange(W_out, dtype=np.float64) + 0.5) * (2.0 / W_out) - 1.0)[None, :]
+    ys = ((np.arange(H_out, dtype=np.float64) + 0.5) * (2.0 / H_out) - 1.0)[:, None]
+    grid = np.empty((1, H_out, W_out, 2), dtype=np.float32)
+    grid[0, :, :, 0] = theta[0, 0] * xs + theta[0, 1] * ys + theta[0, 2]
+    grid[0, :, :, 1] = theta[1, 0] * xs + theta[1, 1] * ys + theta[1, 2]
+    grid = torch.from_numpy(grid)
+    src = image.to(torch.float32)[None]
+    if fill != 0.0:
+        src = src - fill
+    out = F.grid_sample(src, grid, mode=mode, padding_mode="zeros", align_corners=False)[0]
+    if fill != 0.0:
+        out = out + fill
+    return out.to(image.dtype) if image.is_floating_point() else out
+
+
+def sample_nearest(values: np.ndarray, points: np.ndarray, stride: float,
+                   valid: Optional[np.ndarray] = None) -> Tuple[np.ndarray, np.ndarray]:
+    """Look up a map sampled every ``stride`` pixels at continuous image points (nearest sample).
+
+    Args:
+        values: ``(C, h, w)`` map whose sample ``(i, j)`` covers pixels ``[stride*j, stride*(j+1))``
+            horizontally and likewise vertically (a full-resolution depth map has stride 1,
+            DSAC*'s ``init/`` maps stride 8).
+        points: ``(..., 2)`` pixel positions ``(x, y)`` in the image.
+        stride: pixels per sample.
+        valid: optional ``(h, w)`` bool validity of the samples.
+
+    Returns:
+        ``(C, ...)`` values (zeros where invalid) and ``(...)`` bool validity (inside the map and
+        ``valid``).
+    """
+    values = np.asarray(values)
+    C, h, w = values.shape
+    points = np.asarray(points, dtype=np.float64)
+    with np.errstate(invalid="ignore"):
+        col = np.floor(points[..., 0] / stride)
+        row = np.floor(points[..., 1] / stride)
+    inside = np.isfinite(col) & np.isfinite(row) & (col >= 0) & (col < w) & (row >= 0) & (row < h)
+    ci = np.where(inside, col, 0).astype(np.int64)
+    ri = np.where(inside, row, 0).astype(np.int64)
+    out = values[:, ri, ci]
+    ok = inside if valid is None else inside & np.asarray(valid)[ri, ci]
+    out = np.where(ok[None], out, 0).astype(values.dtype)
+    return out, ok
+
+
+def adjust_brightness_contrast(image: Union[torch.Tensor, np.ndarray], brightness: float = 1.0,
+                               contrast: float = 1.0) -> Union[torch.Tensor, np.ndarray]:
+    """Photometric jitter of ``image (C, H, W)`` in ``[0, 1]``, as torchvision's ColorJitter does it.
+
+    Brightness multiplies; contrast blends with the mean grey level of the (brightened) image.
+    The result is clamped to ``[0, 1]``. Works on torch tensors and numpy arrays alike.
+    """
+    is_torch = isinstance(image, torch.Tensor)
+    out = image.numpy() if is_torch else np.asarray(image)
+    if brightness != 1.0:
+        out = np.clip(out * np.float32(brightness), 0.0, 1.0)
+    if contrast != 1.0:
+        if out.shape[0] == 3:
+            grey = float((0.299 * out[0] + 0.587 * out[1] + 0.114 * out[2]).mean())
+        else:
+            grey = float(out.mean())
+        out = np.clip(np.float32(contrast) * out + np.float32((1.0 - contrast) * grey), 0.0, 1.0)
+    out = out.astype(np.float32, copy=False)
+    return torch.from_numpy(np.ascontiguousarray(out)) if is_torch else out
