@@ -1,13 +1,29 @@
 // The only file that knows pybind11: numpy arrays in, numpy arrays / dicts out, GIL released.
+// Input validation with friendly messages lives in transpose/ransac.py; the checks here are the
+// last line of defence so that a direct call into _core can raise but never crash.
 #include <pybind11/pybind11.h>
 #include <pybind11/numpy.h>
 #include <pybind11/stl.h>
+
+#include <cmath>
+#include <string>
+#include <vector>
 
 #if TRANSPOSE_HAVE_OPENMP
 #include <omp.h>
 #endif
 
+#include "core/frame.h"
+#include "core/kabsch.h"
+#include "core/p3p.h"
+#include "core/ransac.h"
+#include "core/refine.h"
+#include "core/scoring.h"
+
 namespace py = pybind11;
+using namespace transpose;
+
+using Array = py::array_t<double, py::array::c_style | py::array::forcecast>;
 
 static int max_threads() {
 #if TRANSPOSE_HAVE_OPENMP
@@ -17,9 +33,331 @@ static int max_threads() {
 #endif
 }
 
+namespace {
+
+// Require `a` to have `ndim` dims with the given sizes (-1: any); returns the sizes.
+std::vector<py::ssize_t> expect_shape(const Array& a, const char* name, std::vector<py::ssize_t> shape) {
+  bool ok = a.ndim() == static_cast<py::ssize_t>(shape.size());
+  std::vector<py::ssize_t> dims;
+  for (py::ssize_t d = 0; d < a.ndim(); ++d) dims.push_back(a.shape(d));
+  for (size_t d = 0; ok && d < shape.size(); ++d) ok = shape[d] < 0 || shape[d] == dims[d];
+  if (!ok) {
+    std::string want = "(", got = "(";
+    for (size_t d = 0; d < shape.size(); ++d) want += (d ? ", " : "") + (shape[d] < 0 ? std::string("N") : std::to_string(shape[d]));
+    for (size_t d = 0; d < dims.size(); ++d) got += (d ? ", " : "") + std::to_string(dims[d]);
+    throw py::value_error(std::string(name) + ": expected shape " + want + "), got " + got + ")");
+  }
+  return dims;
+}
+
+Intrinsics intrinsics_from(const Array& K) {
+  expect_shape(K, "K", {4});
+  const double* k = K.data();
+  Intrinsics in;
+  in.fx = k[0];
+  in.fy = k[1];
+  in.cx = k[2];
+  in.cy = k[3];
+  return in;
+}
+
+RansacOptions options_from(const py::dict& d) {
+  RansacOptions o;
+  for (auto item : d) {
+    const std::string key = py::str(item.first);
+    py::handle v = item.second;
+    try {
+    if (key == "num_hypotheses") o.num_hypotheses = py::cast<int>(v);
+    else if (key == "threshold") o.threshold = py::cast<double>(v);
+    else if (key == "alpha") o.alpha = py::cast<double>(v);
+    else if (key == "max_reprojection_error") o.max_reprojection_error = py::cast<double>(v);
+    else if (key == "max_tries_per_hypothesis") o.max_tries_per_hypothesis = py::cast<int>(v);
+    else if (key == "adaptive") o.adaptive = py::cast<bool>(v);
+    else if (key == "confidence") o.confidence = py::cast<double>(v);
+    else if (key == "max_iterations") o.max_iterations = py::cast<int>(v);
+    else if (key == "min_iterations") o.min_iterations = py::cast<int>(v);
+    else if (key == "early_exit") o.early_exit = py::cast<bool>(v);
+    else if (key == "refine") o.refine = py::cast<bool>(v);
+    else if (key == "refine_rounds") o.refine_rounds = py::cast<int>(v);
+    else if (key == "lm_iterations") o.lm_iterations = py::cast<int>(v);
+    else if (key == "training") o.training = py::cast<bool>(v);
+    else if (key == "refine_all") o.refine_all = py::cast<bool>(v);
+    else if (key == "seed") o.seed = py::cast<uint64_t>(v);
+    else if (key == "num_threads") o.num_threads = py::cast<int>(v);
+    else throw py::value_error("unknown RANSAC option '" + key + "'");
+    } catch (const py::cast_error&) {
+      throw py::value_error("RANSAC option '" + key + "': wrong type");
+    }
+  }
+  if (check_options(o) != kOk)
+    throw py::value_error("invalid RANSAC options (need num_hypotheses >= 1, threshold > 0, alpha > 0, "
+                          "0 < confidence < 1, max_iterations >= 1; training excludes adaptive)");
+  return o;
+}
+
+py::array_t<double> mat3(const double* R) {
+  py::array_t<double> out({3, 3});
+  std::copy(R, R + 9, out.mutable_data());
+  return out;
+}
+
+py::array_t<double> vec3(const double* t) {
+  py::array_t<double> out(3);
+  std::copy(t, t + 3, out.mutable_data());
+  return out;
+}
+
+py::array_t<double> poses_R(const std::vector<Pose>& poses) {
+  py::array_t<double> out({static_cast<py::ssize_t>(poses.size()), py::ssize_t(3), py::ssize_t(3)});
+  double* p = out.mutable_data();
+  for (size_t k = 0; k < poses.size(); ++k) std::copy(poses[k].R, poses[k].R + 9, p + 9 * k);
+  return out;
+}
+
+py::array_t<double> poses_t(const std::vector<Pose>& poses) {
+  py::array_t<double> out({static_cast<py::ssize_t>(poses.size()), py::ssize_t(3)});
+  double* p = out.mutable_data();
+  for (size_t k = 0; k < poses.size(); ++k) std::copy(poses[k].t, poses[k].t + 3, p + 3 * k);
+  return out;
+}
+
+py::dict result_dict(const RansacResult& r) {
+  if (r.status != kOk) throw py::value_error(status_message(r.status));
+  py::dict d;
+  d["R"] = mat3(r.pose.R);
+  d["t"] = vec3(r.pose.t);
+  d["score"] = r.score;
+  d["num_inliers"] = r.num_inliers;
+  py::array_t<bool> inl(static_cast<py::ssize_t>(r.inliers.size()));
+  bool* m = inl.mutable_data();
+  for (size_t k = 0; k < r.inliers.size(); ++k) m[k] = r.inliers[k] != 0;
+  d["inliers"] = inl;
+  d["num_hypotheses"] = r.num_hypotheses;
+  d["num_samples"] = r.num_samples;
+  d["selected"] = r.selected;
+  d["selected_score"] = r.selected_score;
+  if (!r.logits.empty()) {
+    d["hypotheses_R"] = poses_R(r.hypotheses);
+    d["hypotheses_t"] = poses_t(r.hypotheses);
+    py::array_t<double> logits(static_cast<py::ssize_t>(r.logits.size()));
+    std::copy(r.logits.begin(), r.logits.end(), logits.mutable_data());
+    d["logits"] = logits;
+    py::array_t<int> samples({static_cast<py::ssize_t>(r.logits.size()), py::ssize_t(4)});
+    std::copy(r.samples.begin(), r.samples.end(), samples.mutable_data());
+    d["samples"] = samples;
+  }
+  if (!r.refined.empty()) {
+    d["refined_R"] = poses_R(r.refined);
+    d["refined_t"] = poses_t(r.refined);
+  }
+  return d;
+}
+
+const double* optional_weights(const py::object& weights, py::ssize_t n, Array& holder) {
+  if (weights.is_none()) return nullptr;
+  holder = Array::ensure(weights);
+  if (!holder) throw py::value_error("weights: expected a float array");
+  expect_shape(holder, "weights", {n});
+  return holder.data();
+}
+
+py::dict ransac_single(const Array& pixels, const Array& points, const py::object& camera_points,
+                       const py::object& weights, const Array& K, const py::dict& opts) {
+  const auto dims = expect_shape(pixels, "pixels", {-1, 2});
+  const py::ssize_t n = dims[0];
+  expect_shape(points, "points", {n, 3});
+  Array cam_holder, w_holder;
+  const double* cam = nullptr;
+  if (!camera_points.is_none()) {
+    cam_holder = Array::ensure(camera_points);
+    if (!cam_holder) throw py::value_error("camera_points: expected a float array");
+    expect_shape(cam_holder, "camera_points", {n, 3});
+    cam = cam_holder.data();
+  }
+  const double* w = optional_weights(weights, n, w_holder);
+  const Intrinsics in = intrinsics_from(K);
+  const RansacOptions o = options_from(opts);
+  RansacResult r;
+  {
+    py::gil_scoped_release release;
+    Frame f;
+    const int st = build_frame(pixels.data(), points.data(), cam, w, static_cast<int>(n), in, f);
+    if (st != kOk)
+      r.status = st;
+    else
+      ransac(f, cam ? Model::kRigid : Model::kPnP, o, r);
+  }
+  return result_dict(r);
+}
+
+py::list ransac_batch_py(const Array& pixels, const Array& points, const py::object& camera_points,
+                         const py::object& weights, const Array& K, const std::vector<uint64_t>& seeds,
+                         const py::dict& opts, int num_threads) {
+  const auto dims = expect_shape(pixels, "pixels", {-1, -1, 2});
+  const py::ssize_t B = dims[0], n = dims[1];
+  expect_shape(points, "points", {B, n, 3});
+  expect_shape(K, "K", {B, 4});
+  if (static_cast<py::ssize_t>(seeds.size()) != B) throw py::value_error("seeds: expected one seed per frame");
+  Array cam_holder, w_holder;
+  const double* cam = nullptr;
+  if (!camera_points.is_none()) {
+    cam_holder = Array::ensure(camera_points);
+    if (!cam_holder) throw py::value_error("camera_points: expected a float array");
+    expect_shape(cam_holder, "camera_points", {B, n, 3});
+    cam = cam_holder.data();
+  }
+  const double* w = nullptr;
+  if (!weights.is_none()) {
+    w_holder = Array::ensure(weights);
+    if (!w_holder) throw py::value_error("weights: expected a float array");
+    expect_shape(w_holder, "weights", {B, n});
+    w = w_holder.data();
+  }
+  const RansacOptions o = options_from(opts);
+  std::vector<RansacResult> results;
+  {
+    py::gil_scoped_release release;
+    std::vector<Frame> frames(static_cast<size_t>(B));
+    std::vector<int> status(static_cast<size_t>(B), kOk);
+    const int threads = resolve_threads(num_threads);
+#pragma omp parallel for schedule(dynamic, 1) num_threads(threads) if (threads > 1 && B > 1)
+    for (py::ssize_t b = 0; b < B; ++b) {
+      const double* k = K.data() + 4 * b;
+      Intrinsics in;
+      in.fx = k[0];
+      in.fy = k[1];
+      in.cx = k[2];
+      in.cy = k[3];
+      status[static_cast<size_t>(b)] =
+          build_frame(pixels.data() + 2 * n * b, points.data() + 3 * n * b, cam ? cam + 3 * n * b : nullptr,
+                      w ? w + n * b : nullptr, static_cast<int>(n), in, frames[static_cast<size_t>(b)]);
+    }
+    ransac_batch(frames, status, cam ? Model::kRigid : Model::kPnP, o, seeds, num_threads, results);
+  }
+  py::list out;
+  for (size_t b = 0; b < results.size(); ++b) {
+    if (results[b].status != kOk)
+      throw py::value_error("frame " + std::to_string(b) + ": " + status_message(results[b].status));
+    out.append(result_dict(results[b]));
+  }
+  return out;
+}
+
+py::list p3p_py(const Array& bearings, const Array& points) {
+  expect_shape(bearings, "bearings", {3, 3});
+  expect_shape(points, "points", {3, 3});
+  Pose poses[4];
+  const int m = p3p_lambda_twist(bearings.data(), points.data(), poses);
+  py::list out;
+  for (int k = 0; k < m; ++k) out.append(py::make_tuple(mat3(poses[k].R), vec3(poses[k].t)));
+  return out;
+}
+
+py::tuple rigid_align_py(const Array& src, const Array& dst, const py::object& weights) {
+  const auto dims = expect_shape(src, "src", {-1, 3});
+  expect_shape(dst, "dst", {dims[0], 3});
+  Array w_holder;
+  const double* w = optional_weights(weights, dims[0], w_holder);
+  Pose pose;
+  bool ok;
+  {
+    py::gil_scoped_release release;
+    ok = rigid_align(src.data(), dst.data(), w, static_cast<int>(dims[0]), pose);
+  }
+  if (!ok) throw py::value_error("rigid alignment is degenerate (fewer than 3 points, zero weights or collinear points)");
+  return py::make_tuple(mat3(pose.R), vec3(pose.t));
+}
+
+// Build a frame for the stand-alone scoring / refinement entry points.
+Frame frame_for(const Array& pixels, const Array& points, const py::object& camera_points,
+                const py::object& weights, const Array& K, Array& cam_holder, Array& w_holder) {
+  const auto dims = expect_shape(pixels, "pixels", {-1, 2});
+  const py::ssize_t n = dims[0];
+  expect_shape(points, "points", {n, 3});
+  const double* cam = nullptr;
+  if (!camera_points.is_none()) {
+    cam_holder = Array::ensure(camera_points);
+    if (!cam_holder) throw py::value_error("camera_points: expected a float array");
+    expect_shape(cam_holder, "camera_points", {n, 3});
+    cam = cam_holder.data();
+  }
+  const double* w = optional_weights(weights, n, w_holder);
+  Frame f;
+  const int st = build_frame(pixels.data(), points.data(), cam, w, static_cast<int>(n), intrinsics_from(K), f);
+  if (st != kOk) throw py::value_error(status_message(st));
+  return f;
+}
+
+Pose pose_from(const Array& R, const Array& t) {
+  expect_shape(R, "R", {3, 3});
+  expect_shape(t, "t", {3});
+  Pose p;
+  std::copy(R.data(), R.data() + 9, p.R);
+  std::copy(t.data(), t.data() + 3, p.t);
+  return p;
+}
+
+py::tuple refine_py(const Array& pixels, const Array& points, const py::object& camera_points,
+                    const py::object& weights, const Array& K, const Array& R, const Array& t, double threshold,
+                    double max_err, int rounds, int lm_iterations) {
+  Array ch, wh;
+  const Frame f = frame_for(pixels, points, camera_points, weights, K, ch, wh);
+  Pose p = pose_from(R, t);
+  if (!(threshold > 0.0)) throw py::value_error("threshold must be positive");
+  int used;
+  {
+    py::gil_scoped_release release;
+    std::vector<int> scratch;
+    used = refine_hypothesis(f, camera_points.is_none() ? Model::kPnP : Model::kRigid,
+                             make_score_params(threshold, max_err), rounds, lm_iterations, p, scratch);
+  }
+  return py::make_tuple(mat3(p.R), vec3(p.t), used);
+}
+
+py::tuple score_py(const Array& pixels, const Array& points, const py::object& weights, const Array& K,
+                   const Array& R, const Array& t, double threshold, double max_err) {
+  Array ch, wh;
+  const Frame f = frame_for(pixels, points, py::none(), weights, K, ch, wh);
+  const Pose p = pose_from(R, t);
+  if (!(threshold > 0.0)) throw py::value_error("threshold must be positive");
+  const ScoreParams sp = make_score_params(threshold, max_err);
+  const ScoreOut so = soft_score(f, p, sp, -HUGE_VAL);
+  py::array_t<double> errs(static_cast<py::ssize_t>(f.n_total));
+  double* e = errs.mutable_data();
+  for (int i = 0; i < f.n_total; ++i) e[i] = std::nan("");
+  std::vector<double> valid(static_cast<size_t>(f.n));
+  reprojection_errors(f, p, sp, valid.data());
+  for (int k = 0; k < f.n; ++k) e[f.original[k]] = valid[static_cast<size_t>(k)];
+  return py::make_tuple(so.score, so.inliers, errs);
+}
+
+}  // namespace
+
 PYBIND11_MODULE(_core, m) {
   m.doc() = "transpose native RANSAC/PnP core";
   m.def("has_openmp", []() { return bool(TRANSPOSE_HAVE_OPENMP); });
   m.def("openmp_runtime", []() { return std::string(TRANSPOSE_OPENMP_RUNTIME); });
   m.def("max_threads", &max_threads);
+
+  m.def("p3p", &p3p_py, py::arg("bearings"), py::arg("points"),
+        "Lambda Twist P3P: bearings (3, 3) rows = viewing directions, points (3, 3) world points -> "
+        "list of (R (3, 3), t (3,)) world-to-camera solutions.");
+  m.def("rigid_align", &rigid_align_py, py::arg("src"), py::arg("dst"), py::arg("weights") = py::none(),
+        "Weighted rigid alignment dst ~ R src + t of (N, 3) point sets -> (R, t).");
+  m.def("ransac", &ransac_single, py::arg("pixels"), py::arg("points"), py::arg("camera_points") = py::none(),
+        py::arg("weights") = py::none(), py::arg("K"), py::arg("options") = py::dict(),
+        "RANSAC pose of one frame: pixels (N, 2), scene points (N, 3), optional camera points (N, 3) "
+        "for RGB-D, optional weights (N,) (0 drops a cell), K = (fx, fy, cx, cy). Returns a dict.");
+  m.def("ransac_batch", &ransac_batch_py, py::arg("pixels"), py::arg("points"),
+        py::arg("camera_points") = py::none(), py::arg("weights") = py::none(), py::arg("K"), py::arg("seeds"),
+        py::arg("options") = py::dict(), py::arg("num_threads") = 0,
+        "RANSAC on B frames in parallel: pixels (B, N, 2), points (B, N, 3), K (B, 4), seeds (B,).");
+  m.def("refine_pose", &refine_py, py::arg("pixels"), py::arg("points"), py::arg("camera_points") = py::none(),
+        py::arg("weights") = py::none(), py::arg("K"), py::arg("R"), py::arg("t"), py::arg("threshold") = 10.0,
+        py::arg("max_reprojection_error") = 100.0, py::arg("rounds") = 100, py::arg("lm_iterations") = 10,
+        "DSAC*-style refinement of a world-to-camera pose -> (R, t, inliers used in the last fit).");
+  m.def("soft_score", &score_py, py::arg("pixels"), py::arg("points"), py::arg("weights") = py::none(),
+        py::arg("K"), py::arg("R"), py::arg("t"), py::arg("threshold") = 10.0,
+        py::arg("max_reprojection_error") = 100.0,
+        "Soft inlier score, hard inlier count and per-correspondence reprojection errors (N,) of a pose.");
 }

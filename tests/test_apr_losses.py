@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from transpose.losses_apr import (FixedWeightPoseLoss, LearnedWeightPoseLoss, apr_loss, apr_pose_errors,
+from transpose.losses import (FixedWeightPoseLoss, LearnedWeightPoseLoss, apr_loss, apr_pose_errors,
                                   apr_pose_matrix, build_pose_criterion, orientation_loss, position_loss,
                                   scene_nll_loss)
 

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from transpose.geometry import quat_angle_deg_torch
-from transpose.losses_apr import FixedWeightPoseLoss, LearnedWeightPoseLoss, apr_loss, apr_pose_errors
+from transpose.losses import FixedWeightPoseLoss, LearnedWeightPoseLoss, apr_loss, apr_pose_errors
 from transpose.models.backbones import EfficientNet
 from transpose.models.hyperpose import HyperPose, HyperRegressor, MSHyperPose, batched_linear
 from transpose.models.mstransformer import MSTransformer
@@ -261,7 +261,7 @@ def test_backbone_receives_gradients():
 
 
 def test_shipped_configs_and_factory():
-    from transpose.losses_apr import build_pose_criterion
+    from transpose.losses import build_pose_criterion
     from transpose.models.apr import build_apr_model, load_apr_config
 
     seven = load_apr_config("7Scenes", "ms-transformer")

@@ -77,3 +77,19 @@ def test_sampler_shards_and_resumes():
     assert list(s) == full[4:]
     a, b = ResumableSampler(10, 3, 0, 2), ResumableSampler(10, 3, 1, 2)
     assert sorted(list(a) + list(b)) == list(range(10)) and len(list(a)) == 5
+
+
+def test_lr_schedule_follows_progress(tmp_path):
+    model, opt, _, data, step = make_problem()
+    seen = []
+
+    def recording_step(batch, it):
+        seen.append(opt.param_groups[0]["lr"])
+        return step(batch, it)
+
+    cfg = LoopConfig(out=tmp_path / "s.pt", kind="toy", options={}, iterations=10, batch_size=4,
+                     progress=False, lr_schedule=lambda p: 1.0 - p)
+    train_loop(model, opt, data, recording_step, cfg)
+    # the step sees the rate set for the previous update: 3e-2 * (1 - i / 10)
+    assert abs(opt.param_groups[0]["lr"] - 3e-2 * 0.1) < 1e-12
+    assert abs(seen[5] - 3e-2 * (1 - 4 / 10)) < 1e-12

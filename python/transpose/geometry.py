@@ -30,12 +30,12 @@ except ImportError:  # pragma: no cover
 __all__ = [
     "intrinsics_matrix", "intrinsics_from_focal", "check_intrinsics", "cell_centers",
     "make_pose", "invert_pose", "check_rigid", "is_rigid",
-    "quat_to_rotmat", "rotmat_to_quat", "rvec_to_rotmat", "rotmat_to_rvec",
+    "quat_to_rotmat", "rotmat_to_quat", "rvec_to_rotmat", "rotmat_to_rvec", "average_quaternions",
     "euler_zyx_to_rotmat", "rotmat_to_euler_zyx",
     "transform_points", "project", "backproject_depth",
     "rotation_error_deg", "translation_error", "pose_errors",
     "quat_to_rotmat_torch", "rotmat_to_quat_torch", "rotation_error_deg_torch",
-    "quat_angle_deg_torch", "transform_points_torch", "project_torch", "cell_centers_torch",
+    "quat_angle_deg_torch", "average_quaternions_torch", "transform_points_torch", "project_torch", "cell_centers_torch",
 ]
 
 
@@ -171,6 +171,24 @@ def rotmat_to_quat(R: np.ndarray) -> np.ndarray:
         q /= np.linalg.norm(q)
         out[k] = -q if q[0] < 0 else q
     return out.reshape(R.shape[:-2] + (4,))
+
+
+def average_quaternions(quaternions: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
+    """Rotation average of quaternions ``(..., N, 4)`` (w, x, y, z) -> ``(..., 4)``, unit, ``w >= 0``.
+
+    Markley et al. (2007): the eigenvector of the largest eigenvalue of ``sum_i w_i q_i q_i^T``
+    (``q_i`` normalised first). Invariant to the sign of each ``q_i``, so ``q`` and ``-q`` samples of
+    the same rotation cannot cancel out as they do in a plain mean. ``weights`` ``(..., N)``, >= 0.
+    """
+    q = np.asarray(quaternions, dtype=np.float64)
+    if q.ndim < 2 or q.shape[-1] != 4:
+        raise ValueError(f"average_quaternions: expected (..., N, 4), got {q.shape}")
+    q = q / np.maximum(np.linalg.norm(q, axis=-1, keepdims=True), 1e-12)
+    w = np.ones(q.shape[:-1]) if weights is None else np.broadcast_to(np.asarray(weights, dtype=np.float64), q.shape[:-1])
+    m = np.einsum("...n,...ni,...nj->...ij", w, q, q)
+    _, vectors = np.linalg.eigh(m)  # eigenvalues ascending
+    mean = vectors[..., :, -1]
+    return np.where(mean[..., :1] < 0, -mean, mean)
 
 
 def rvec_to_rotmat(rvec: np.ndarray) -> np.ndarray:
@@ -335,6 +353,23 @@ def quat_angle_deg_torch(q_a: "torch.Tensor", q_b: "torch.Tensor") -> "torch.Ten
     q_b = q_b / q_b.norm(dim=-1, keepdim=True).clamp_min(1e-12)
     d = (q_a * q_b).sum(-1).abs().clamp(max=1.0)
     return torch.rad2deg(2 * torch.acos(d))
+
+
+def average_quaternions_torch(quaternions: "torch.Tensor", weights: "torch.Tensor | None" = None) -> "torch.Tensor":
+    """Torch twin of :func:`average_quaternions`: ``(..., N, 4)`` (+ weights ``(..., N)``) -> ``(..., 4)``.
+
+    Computed in float64 and returned in the input dtype (not differentiable through the sign choice).
+    """
+    if quaternions.dim() < 2 or quaternions.shape[-1] != 4:
+        raise ValueError(f"average_quaternions: expected (..., N, 4), got {tuple(quaternions.shape)}")
+    q = quaternions.double()
+    q = q / q.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    w = torch.ones(q.shape[:-1], dtype=q.dtype, device=q.device) if weights is None else weights.to(q.dtype)
+    m = torch.einsum("...n,...ni,...nj->...ij", w.expand(q.shape[:-1]), q, q)
+    _, vectors = torch.linalg.eigh(m)  # eigenvalues ascending
+    mean = vectors[..., :, -1]
+    mean = torch.where(mean[..., :1] < 0, -mean, mean)
+    return mean.to(quaternions.dtype)
 
 
 def transform_points_torch(T: "torch.Tensor", points: "torch.Tensor") -> "torch.Tensor":

@@ -178,9 +178,10 @@ def sample_nearest(values: np.ndarray, points: np.ndarray, stride: float,
     """Look up a map sampled every ``stride`` pixels at continuous image points (nearest sample).
 
     Args:
-        values: ``(C, h, w)`` map whose sample ``(i, j)`` covers pixels ``[stride*j, stride*(j+1))``
-            horizontally and likewise vertically (a full-resolution depth map has stride 1,
-            DSAC*'s ``init/`` maps stride 8).
+        values: ``(C, h, w)`` map sampled every ``stride`` pixels. A full-resolution map
+            (``stride`` 1, e.g. depth) follows OpenCV: sample ``(i, j)`` is centred on pixel
+            ``(x, y) = (j, i)``. A coarser map (e.g. DSAC*'s ``init/`` at stride 8) holds cell
+            ``(i, j)`` centred on ``(stride * j + stride / 2, stride * i + stride / 2)``.
         points: ``(..., 2)`` pixel positions ``(x, y)`` in the image.
         stride: pixels per sample.
         valid: optional ``(h, w)`` bool validity of the samples.
@@ -193,8 +194,11 @@ def sample_nearest(values: np.ndarray, points: np.ndarray, stride: float,
     C, h, w = values.shape
     points = np.asarray(points, dtype=np.float64)
     with np.errstate(invalid="ignore"):
-        col = np.floor(points[..., 0] / stride)
-        row = np.floor(points[..., 1] / stride)
+        # nearest sample centre; rounding (not flooring) so that a point computed as 27.9999999
+        # for pixel 28 still finds pixel 28
+        offset = 0.0 if stride == 1 else stride / 2.0
+        col = np.floor((points[..., 0] - offset) / stride + 0.5)
+        row = np.floor((points[..., 1] - offset) / stride + 0.5)
     inside = np.isfinite(col) & np.isfinite(row) & (col >= 0) & (col < w) & (row >= 0) & (row < h)
     ci = np.where(inside, col, 0).astype(np.int64)
     ri = np.where(inside, row, 0).astype(np.int64)

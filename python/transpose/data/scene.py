@@ -259,8 +259,9 @@ def _labelled(values: np.ndarray) -> np.ndarray:
 
 
 def _pixel_centers(height: int, width: int) -> np.ndarray:
-    """Centres ``(height, width, 2)`` of every pixel, ``(x + 0.5, y + 0.5)``."""
-    return geometry.cell_centers(height, width, stride=1)
+    """Positions ``(height, width, 2)`` of every pixel: pixel ``(i, j)`` is at ``(x, y) = (j, i)`` (OpenCV)."""
+    gx, gy = np.meshgrid(np.arange(width, dtype=np.float64), np.arange(height, dtype=np.float64))
+    return np.stack([gx, gy], axis=-1)
 
 
 def _resample_image(raw: np.ndarray, M: np.ndarray, size_in: Tuple[int, int], size_out: Tuple[int, int],

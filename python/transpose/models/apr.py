@@ -4,7 +4,7 @@
 ``apr_configs/7Scenes_config.json`` merged over its ``general`` section, with ``model`` set;
 ``build_apr_model(config)`` builds the network it describes. Training-only keys (``lr``,
 ``batch_size``, ``s_x``, ...) are ignored by the factory and meant for the training loop (the
-pose loss: :func:`transpose.losses_apr.build_pose_criterion`).
+pose loss: :func:`transpose.losses.build_pose_criterion`).
 """
 from __future__ import annotations
 

@@ -5,11 +5,11 @@ affine heads: ``position (B, 3)`` (camera centre, metres) and ``quaternion (B, 4
 the camera-to-world rotation; normalize before use). On GoogLeNet the two auxiliary ImageNet
 classifiers become pose regressors (pool 4x4, 1x1 conv 128, fc 1024 + ReLU, dropout 0.7, then
 position and quaternion layers) and are evaluated in train mode only; weight their losses
-0.3, 0.3, 1.0 (:func:`transpose.losses_apr.apr_loss`).
+0.3, 0.3, 1.0 (:func:`transpose.losses.apr_loss`).
 
 Bayesian PoseNet keeps dropout active at test time (Monte Carlo dropout): :func:`mc_dropout_predict`
 runs N stochastic passes and reports the mean position, the mean rotation (eigenvector
-quaternion average, :func:`average_quaternions`) and per-frame variances.
+quaternion average, :func:`transpose.geometry.average_quaternions_torch`) and per-frame variances.
 """
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..geometry import average_quaternions_torch as average_quaternions  # re-exported (moved to geometry)
 from .backbones import GoogLeNet, load_backbone_weights, resnet34
 
 __all__ = ["PoseHead", "AuxPoseHead", "PoseNet", "average_quaternions", "enable_mc_dropout",
@@ -121,25 +122,6 @@ class PoseNet(nn.Module):
 
 
 # --------------------------------------------------------------------------- Bayesian PoseNet
-
-def average_quaternions(quaternions: torch.Tensor, weights: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """Rotation average of quaternions ``(..., N, 4)`` (w, x, y, z) -> ``(..., 4)`` with ``w >= 0``.
-
-    Markley et al. (2007): the eigenvector of the largest eigenvalue of ``sum_i w_i q_i q_i^T``
-    (unit ``q_i``). It is invariant to the sign of each ``q_i``, so ``q`` and ``-q`` samples of the
-    same rotation cannot cancel out as they do in a plain mean. ``weights`` ``(..., N)`` optional.
-    """
-    if quaternions.shape[-1] != 4 or quaternions.dim() < 2:
-        raise ValueError(f"average_quaternions: expected (..., N, 4), got {tuple(quaternions.shape)}")
-    q = F.normalize(quaternions.double(), dim=-1)
-    if weights is None:
-        weights = torch.ones(q.shape[:-1], dtype=q.dtype, device=q.device)
-    m = torch.einsum("...n,...ni,...nj->...ij", weights.to(q.dtype), q, q)
-    _, vectors = torch.linalg.eigh(m)  # eigenvalues ascending
-    mean = vectors[..., :, -1]
-    mean = torch.where(mean[..., :1] < 0, -mean, mean)
-    return mean.to(quaternions.dtype)
-
 
 def enable_mc_dropout(model: nn.Module) -> None:
     """Eval mode (BatchNorm uses running statistics) with every dropout layer sampling."""

@@ -3,7 +3,8 @@
 Input: a grayscale image ``(B, 1, H, W)`` normalised with :data:`IMAGE_MEAN` / :data:`IMAGE_STD`.
 Output: scene coordinates ``(B, 3, H/8, W/8)`` in metres (world frame), offset by the scene centre
 stored in the network, and, with ``uncertainty=True``, a per-cell standard deviation
-``sigma (B, 1, H/8, W/8) > 0`` in metres (``exp`` of a clamped activation, as KFNet and CrossLoc).
+``sigma (B, 1, H/8, W/8) > 0`` in metres (``exp`` of a clamped activation, as KFNet and CrossLoc),
+from a small head on the detached features of the coordinate head.
 
 The network is split into :meth:`SCRNet.encode` (stride-8 features, used by the sim-to-real
 contrastive head and mid-level fusion) and :meth:`SCRNet.decode` (the regression head).
@@ -25,19 +26,34 @@ STRIDE = 8
 LOG_SIGMA_RANGE = (-6.0, 3.0)
 
 
-def _conv(cin: int, cout: int, k: int, stride: int = 1) -> nn.Conv2d:
-    return nn.Conv2d(cin, cout, k, stride, k // 2)
+#: Normalisation after each convolution: 'group' (GroupNorm, 8 groups) or 'none' (DSAC*'s network).
+NORMS = ("group", "none")
+
+
+def _conv(cin: int, cout: int, k: int, stride: int = 1, norm: str = "none") -> nn.Module:
+    """A convolution, followed by GroupNorm when ``norm == 'group'``.
+
+    GroupNorm (not BatchNorm): SCR trains on one image per step, where BatchNorm's running
+    statistics differ badly between training and testing; GroupNorm behaves the same in both and
+    makes the plain DSAC* network converge about ten times faster on a CPU budget.
+    """
+    conv = nn.Conv2d(cin, cout, k, stride, k // 2)
+    if norm == "none":
+        return conv
+    if norm == "group":
+        return nn.Sequential(conv, nn.GroupNorm(8 if cout % 8 == 0 else 1, cout))
+    raise ValueError(f"norm must be one of {NORMS}, got '{norm}'")
 
 
 class ResidualBlock(nn.Module):
     """Three convolutions with a skip (1x1 projection when the width changes)."""
 
-    def __init__(self, cin: int, cout: int, kernels: Sequence[int] = (3, 1, 3)):
+    def __init__(self, cin: int, cout: int, kernels: Sequence[int] = (3, 1, 3), norm: str = "none"):
         super().__init__()
-        self.conv1 = _conv(cin, cout, kernels[0])
-        self.conv2 = _conv(cout, cout, kernels[1])
-        self.conv3 = _conv(cout, cout, kernels[2])
-        self.skip = _conv(cin, cout, 1) if cin != cout else None
+        self.conv1 = _conv(cin, cout, kernels[0], norm=norm)
+        self.conv2 = _conv(cout, cout, kernels[1], norm=norm)
+        self.conv3 = _conv(cout, cout, kernels[2], norm=norm)
+        self.skip = _conv(cin, cout, 1, norm=norm) if cin != cout else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = F.relu(self.conv1(x))
@@ -56,25 +72,34 @@ class SCRNet(nn.Module):
             variant, smaller values fit CPU demos.
         uncertainty: add a fourth output channel giving sigma per cell.
         in_channels: 1 for grayscale images (other values for depth/normal inputs).
+        norm: ``'group'`` (GroupNorm after every convolution but the last; default) or ``'none'``
+            (exactly DSAC*'s layers).
     """
 
     def __init__(self, scene_center: Optional[Sequence[float]] = None, width: float = 1.0,
-                 uncertainty: bool = False, in_channels: int = 1):
+                 uncertainty: bool = False, in_channels: int = 1, norm: str = "group"):
         super().__init__()
         c = [max(8, int(round(w * width))) for w in (32, 64, 128, 256, 512)]
         self.width = width
         self.uncertainty = uncertainty
-        self.conv1 = _conv(in_channels, c[0], 3)
-        self.conv2 = _conv(c[0], c[1], 3, 2)
-        self.conv3 = _conv(c[1], c[2], 3, 2)
-        self.conv4 = _conv(c[2], c[3], 3, 2)
-        self.res1 = ResidualBlock(c[3], c[3])
-        self.res2 = ResidualBlock(c[3], c[4])
-        self.res3 = ResidualBlock(c[4], c[4], kernels=(1, 1, 1))
-        self.fc1 = _conv(c[4], c[4], 1)
-        self.fc2 = _conv(c[4], c[4], 1)
-        self.fc3 = _conv(c[4], 4 if uncertainty else 3, 1)
+        self.norm = norm
+        self.conv1 = _conv(in_channels, c[0], 3, norm=norm)
+        self.conv2 = _conv(c[0], c[1], 3, 2, norm=norm)
+        self.conv3 = _conv(c[1], c[2], 3, 2, norm=norm)
+        self.conv4 = _conv(c[2], c[3], 3, 2, norm=norm)
+        self.res1 = ResidualBlock(c[3], c[3], norm=norm)
+        self.res2 = ResidualBlock(c[3], c[4], norm=norm)
+        self.res3 = ResidualBlock(c[4], c[4], kernels=(1, 1, 1), norm=norm)
+        self.fc1 = _conv(c[4], c[4], 1, norm=norm)
+        self.fc2 = _conv(c[4], c[4], 1, norm=norm)
+        self.fc3 = nn.Conv2d(c[4], 3, 1)
+        # sigma has its own head on *detached* trunk features: the NLL then calibrates sigma
+        # without its 1/sigma^2-weighted gradients slowing the coordinate regression (measured:
+        # 1.5 cm vs 24 cm coordinate error after 400 iterations when the NLL reached the trunk)
+        self.sigma_head = nn.Sequential(_conv(c[4], c[4] // 2, 1, norm=norm), nn.ReLU(),
+                                        nn.Conv2d(c[4] // 2, 1, 1)) if uncertainty else None
         self.feature_channels = c[3]
+        self.in_channels = in_channels
         center = torch.zeros(3) if scene_center is None else torch.as_tensor(scene_center, dtype=torch.float32)
         self.register_buffer("scene_center", center.reshape(3).clone())
 
@@ -91,11 +116,10 @@ class SCRNet(nn.Module):
         x = self.res3(self.res2(features))
         x = F.relu(self.fc1(x))
         x = F.relu(self.fc2(x))
-        out = self.fc3(x)
-        coords = out[:, :3] + self.scene_center.view(1, 3, 1, 1)
+        coords = self.fc3(x) + self.scene_center.view(1, 3, 1, 1)
         sigma = None
-        if self.uncertainty:
-            sigma = torch.exp(out[:, 3:4].clamp(*LOG_SIGMA_RANGE))
+        if self.sigma_head is not None:
+            sigma = torch.exp(self.sigma_head(x.detach()).clamp(*LOG_SIGMA_RANGE))
         return coords, sigma
 
     def forward(self, image: torch.Tensor) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
@@ -108,12 +132,13 @@ class SCRNet(nn.Module):
         """Everything needed to rebuild this network (stored in checkpoints)."""
         return {"width": self.width, "uncertainty": self.uncertainty,
                 "scene_center": [float(v) for v in self.scene_center],
-                "in_channels": self.conv1.in_channels}
+                "in_channels": self.in_channels, "norm": self.norm}
 
     @classmethod
     def from_options(cls, options: dict) -> "SCRNet":
         return cls(scene_center=options.get("scene_center"), width=options.get("width", 1.0),
-                   uncertainty=options.get("uncertainty", False), in_channels=options.get("in_channels", 1))
+                   uncertainty=options.get("uncertainty", False), in_channels=options.get("in_channels", 1),
+                   norm=options.get("norm", "group"))
 
 
 def output_size(height: int, width: int) -> Tuple[int, int]:

@@ -8,10 +8,12 @@ A trainer (SCR init, end-to-end, APR, ...) supplies the model, optimizer, an ind
 - a checkpoint (weights, options, optimizer, scheduler, RNG states, iteration) written atomically
   every ``checkpoint_every`` iterations and at the end, to the output file itself;
 - ``log.csv`` and TensorBoard events, a tqdm bar with the loss and iterations per second;
-- an optional wall-clock budget (``max_minutes``) after which it stops cleanly and saves.
+- an optional wall-clock budget (``max_minutes``) after which it stops cleanly and saves;
+- data-parallel training when launched by ``torchrun --nproc_per_node N`` (see ``train_loop``).
 """
 from __future__ import annotations
 
+import itertools
 import math
 import time
 from dataclasses import dataclass
@@ -22,6 +24,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from . import distributed
 from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .logger import MetricLogger
 
@@ -44,6 +47,14 @@ class LoopConfig:
     num_workers: int = 0
     progress: bool = True
     collate_fn: Optional[Callable] = None
+    # DDP's flag. True lets a step leave parameters without gradient (SCRNet's sigma head in mode 0,
+    # an unused output) at the cost of one autograd-graph walk per forward; False is a little faster
+    # but DDP then fails at the second step when any parameter got no gradient.
+    find_unused_parameters: bool = True
+    # learning-rate factor as a function of progress in [0, 1], where progress is the larger of
+    # the share of iterations done and the share of max_minutes used: a time-budgeted run still
+    # warms up and anneals fully (an iteration-based schedule would be cut off mid-way)
+    lr_schedule: Optional[Callable[[float], float]] = None
 
     def resolved_logdir(self) -> Path:
         return Path(self.logdir) if self.logdir else Path(str(Path(self.out).with_suffix("")) + "_log")
@@ -53,7 +64,9 @@ class ResumableSampler(Sampler):
     """Indices in a seeded permutation per epoch, sharded across ranks, starting at any offset.
 
     The permutation of epoch ``e`` depends only on ``(seed, e)``, so a resumed run draws the same
-    samples as an uninterrupted one.
+    samples as an uninterrupted one. Rank ``r`` of ``world_size`` W takes the items at positions
+    r, r+W, r+2W, ... of that permutation (padded by wrapping so every rank gets as many), which
+    makes W ranks with batch B see exactly the batches of one process with batch B*W (see ``_batches``).
     """
 
     def __init__(self, n: int, seed: int = 0, rank: int = 0, world_size: int = 1):
@@ -79,24 +92,47 @@ class ResumableSampler(Sampler):
 
 
 def _rank_world() -> tuple:
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return 0, 1
+    return distributed.rank(), distributed.world_size()
+
+
+# Rank r > 0 reseeds its RNGs with seed + _RANK_STRIDE * r (augmentation, dropout and loader workers
+# then differ between ranks); rank 0 keeps the trainer's stream, so one process is unchanged.
+_RANK_STRIDE = 1_000_003
+
+
+def _steps_per_epoch(n: int, batch_size: int, world: int) -> int:
+    return n // (batch_size * world)
 
 
 def _batches(dataset: Dataset, cfg: LoopConfig, start_iteration: int, rank: int, world: int) -> Iterator[Any]:
-    """Endless batches; skips the first ``start_iteration`` batches without loading them."""
+    """Endless batches; skips the first ``start_iteration`` batches without loading them.
+
+    Why W processes with batch B train exactly like one process with batch B*W: epoch ``e`` draws
+    one permutation P of the n samples from ``(seed, e)`` alone, the same on every rank. Rank r
+    takes P[r], P[r+W], P[r+2W], ... (:class:`ResumableSampler`) and cuts that list into
+    consecutive batches of B, so its batch k is {P[(kB+j)W + r] : j < B} and the union of batch k
+    over the ranks is P[kBW : (k+1)BW], which is batch k of the single process. An epoch is
+    n // (BW) steps on every rank (the rest of P is dropped, like the single process's drop_last).
+    With a step whose loss is the batch mean, DDP's average of the W per-rank gradients is then the
+    single process's gradient.
+    """
     sampler = ResumableSampler(len(dataset), cfg.seed, rank, world)
-    per_epoch = max(1, sampler.per_rank() // cfg.batch_size)
+    per_epoch = _steps_per_epoch(len(dataset), cfg.batch_size, world)
     epoch, offset = divmod(start_iteration, per_epoch)
     while True:
         sampler.set_epoch(epoch, offset * cfg.batch_size)
         loader = DataLoader(dataset, batch_size=cfg.batch_size, sampler=sampler, drop_last=True,
                             num_workers=cfg.num_workers, collate_fn=cfg.collate_fn,
                             persistent_workers=False,
-                            generator=torch.Generator().manual_seed(cfg.seed + epoch))
-        yield from loader
+                            generator=torch.Generator().manual_seed(cfg.seed + epoch + _RANK_STRIDE * rank))
+        yield from itertools.islice(loader, per_epoch - offset)
         epoch, offset = epoch + 1, 0
+
+
+def _model_device(model: torch.nn.Module) -> torch.device:
+    for p in model.parameters():
+        return p.device
+    return torch.device("cpu")
 
 
 def train_loop(model: torch.nn.Module, optimizer: torch.optim.Optimizer, dataset: Dataset,
@@ -106,37 +142,92 @@ def train_loop(model: torch.nn.Module, optimizer: torch.optim.Optimizer, dataset
 
     ``step`` computes the loss of one batch (and any scalar metrics to log); the loop does the
     backward pass, the optimizer and scheduler steps, logging and checkpoints.
+
+    Under ``torchrun --nproc_per_node N`` (``WORLD_SIZE > 1``) the same call trains data-parallel
+    (see :mod:`transpose.train.distributed`): the process group is joined if the trainer has not
+    done so (``pick_device``), each rank reads the checkpoint to resume from, ``model`` is wrapped
+    in DistributedDataParallel (its own ``forward`` routed through it, so ``step`` is unchanged;
+    BatchNorm becomes SyncBatchNorm on CUDA), each rank gets its shard of every global batch
+    (``cfg.batch_size`` per rank, effective batch ``batch_size * N``), stop decisions (time budget,
+    non-finite loss) are agreed by all ranks, logged metrics are averaged over ranks, and only
+    rank 0 shows progress, logs and writes the checkpoint (which also keeps every rank's RNG state).
+    The summary reports ``world_size`` and ``effective_batch``.
     """
+    distributed.setup(_model_device(model))  # no-op unless torchrun asked for several processes
     rank, world = _rank_world()
+    n = len(dataset)
+    if _steps_per_epoch(n, cfg.batch_size, world) == 0:
+        raise ValueError(f"batch_size {cfg.batch_size} x {world} process(es) = {cfg.batch_size * world} "
+                         f"exceeds the {n} samples of the dataset")
     out = Path(cfg.out)
+    module = model.module if hasattr(model, "module") else model
     start = 0
+    elapsed_before = 0.0  # seconds spent by earlier runs of a resumed training (time budget)
+    for group in optimizer.param_groups:
+        group.setdefault("initial_lr", group["lr"])
     if cfg.resume and out.is_file():
-        ckpt = load_checkpoint(out, cfg.kind)
-        module = model.module if hasattr(model, "module") else model
+        ckpt = load_checkpoint(out, cfg.kind)  # every rank reads it, onto the CPU (map_location)
         module.load_state_dict(ckpt["model"])
         training = ckpt.get("training")
         if not training:
             raise ValueError(f"{out}: holds no training state to resume from")
         optimizer.load_state_dict(training["optimizer"])
         if scheduler is not None and training.get("scheduler") is not None:
+            total = getattr(scheduler, "total_steps", None)
             scheduler.load_state_dict(training["scheduler"])
-        set_rng_state(training["rng"])
+            if total is not None and scheduler.total_steps != total:
+                # resumed with a different --iterations: keep the position, stretch the schedule
+                if rank == 0:
+                    print(f"learning-rate schedule stretched from {scheduler.total_steps} to {total} iterations")
+                scheduler.total_steps = total
         start = int(ckpt["iteration"])
+        elapsed_before = float(training.get("elapsed", 0.0))
+        per_rank = training.get("rng_per_rank")
+        if per_rank and len(per_rank) == world:
+            set_rng_state(per_rank[rank])
+        else:  # saved by another number of processes: rank 0's stream, the others derived from it
+            set_rng_state(training["rng"])
+            if rank > 0:
+                seed_everything(cfg.seed + _RANK_STRIDE * rank + start)
         if rank == 0:
             print(f"resuming {out} from iteration {start}")
-    elif cfg.resume and rank == 0:
-        print(f"--resume: {out} does not exist yet, starting from iteration 0")
+    else:
+        if cfg.resume and rank == 0:
+            print(f"--resume: {out} does not exist yet, starting from iteration 0")
+        if rank > 0:
+            seed_everything(cfg.seed + _RANK_STRIDE * rank)
+    if world > 1:
+        starts = distributed.all_gather(start)
+        if len(set(starts)) > 1:
+            raise ValueError(f"{out}: the ranks would resume from different iterations {starts}; "
+                             f"every node must see the same checkpoint file")
     if start >= cfg.iterations:
-        return {"iterations": start, "seconds": 0.0, "metrics": {}, "resumed_from": start}
+        return {"iterations": start, "seconds": 0.0, "metrics": {}, "resumed_from": start,
+                "world_size": world, "effective_batch": cfg.batch_size * world}
 
-    def checkpoint(iteration: int) -> None:
+    def checkpoint(iteration: int, all_ranks: bool = True) -> None:
+        # all_ranks: every rank is here at the same iteration, so their RNG states can be gathered
+        rngs = distributed.all_gather(rng_state()) if world > 1 and all_ranks else None
         if rank != 0:
             return
-        save_checkpoint(out, kind=cfg.kind, model=model, options=cfg.options, iteration=iteration,
-                        training={"optimizer": optimizer.state_dict(),
-                                  "scheduler": scheduler.state_dict() if scheduler is not None else None,
-                                  "rng": rng_state()})
+        training = {"optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict() if scheduler is not None else None,
+                    "rng": rng_state(), "elapsed": elapsed_before + time.time() - t0}
+        if world > 1:
+            training.update(rng_per_rank=rngs, world_size=world, effective_batch=cfg.batch_size * world)
+        save_checkpoint(out, kind=cfg.kind, model=module, options=cfg.options, iteration=iteration,
+                        training=training)
 
+    wrapped = None
+    if world > 1 and not isinstance(model, torch.nn.parallel.DistributedDataParallel):
+        wrapped = distributed.DistributedModel(module, find_unused_parameters=cfg.find_unused_parameters)
+    if world > 1 and rank == 0:
+        print(f"distributed: {world} processes ({torch.distributed.get_backend()}), batch {cfg.batch_size} "
+              f"per process = effective batch {cfg.batch_size * world}"
+              + (", SyncBatchNorm" if wrapped is not None and wrapped.sync_batchnorm else ""))
+        note = distributed.warn_batchnorm_on_cpu(module)
+        if note:
+            print(note)
     logger = MetricLogger(cfg.resolved_logdir(), start_iteration=start) if rank == 0 else None
     bar = None
     if cfg.progress and rank == 0:
@@ -151,13 +242,30 @@ def train_loop(model: torch.nn.Module, optimizer: torch.optim.Optimizer, dataset
     model.train()
     try:
         for batch in _batches(dataset, cfg, start, rank, world):
+            if wrapped is not None:
+                wrapped.before_step()
             metrics = step(batch, iteration)
             loss = metrics["loss"]
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"loss became {loss.item()} at iteration {iteration + 1}; "
+            finite = bool(torch.isfinite(loss))
+            used = elapsed_before + time.time() - t0
+            out_of_time = cfg.max_minutes is not None and used > 60.0 * cfg.max_minutes
+            # one collective per step: every rank raises, or stops after this step, together
+            any_nonfinite, out_of_time = distributed.any_rank([not finite, out_of_time])
+            if any_nonfinite:
+                what = f"loss became {loss.item()}" if not finite else f"loss became non-finite on another rank"
+                raise FloatingPointError(f"{what} at iteration {iteration + 1}; "
                                          f"lower the learning rate or resume from {out}")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            if wrapped is not None:
+                wrapped.after_backward()
+            if cfg.lr_schedule is not None:
+                progress = iteration / cfg.iterations
+                if cfg.max_minutes:
+                    progress = max(progress, used / (60.0 * cfg.max_minutes))
+                factor = cfg.lr_schedule(min(progress, 1.0))
+                for group in optimizer.param_groups:
+                    group["lr"] = group["initial_lr"] * factor
             optimizer.step()
             if scheduler is not None:
                 scheduler.step()
@@ -168,6 +276,7 @@ def train_loop(model: torch.nn.Module, optimizer: torch.optim.Optimizer, dataset
                 last["lr"] = optimizer.param_groups[0]["lr"]
                 elapsed = time.time() - t0
                 last["it_per_s"] = (iteration - start) / max(elapsed, 1e-9)
+                last = distributed.mean_over_ranks(last)  # the effective batch's metrics
                 if logger is not None:
                     logger.log(iteration, last)
                 if bar is not None:
@@ -175,13 +284,13 @@ def train_loop(model: torch.nn.Module, optimizer: torch.optim.Optimizer, dataset
                 window = []
             if bar is not None:
                 bar.update(1)
-            out_of_time = cfg.max_minutes is not None and time.time() - t0 > 60.0 * cfg.max_minutes
             if iteration % cfg.checkpoint_every == 0 or iteration >= cfg.iterations or out_of_time:
                 checkpoint(iteration)
             if iteration >= cfg.iterations or out_of_time:
                 break
     except KeyboardInterrupt:
-        checkpoint(iteration)
+        # Ctrl-C reaches the ranks at different points: no collective here, rank 0 saves alone
+        checkpoint(iteration, all_ranks=False)
         if rank == 0:
             print(f"\ninterrupted: checkpoint at iteration {iteration} saved to {out}; continue with --resume")
         raise
@@ -190,7 +299,11 @@ def train_loop(model: torch.nn.Module, optimizer: torch.optim.Optimizer, dataset
             bar.close()
         if logger is not None:
             logger.close()
-    return {"iterations": iteration, "seconds": time.time() - t0, "metrics": last, "resumed_from": start}
+        if wrapped is not None:
+            wrapped.close()
+    distributed.barrier()  # the checkpoint is on disk before any rank returns
+    return {"iterations": iteration, "seconds": time.time() - t0, "metrics": last, "resumed_from": start,
+            "world_size": world, "effective_batch": cfg.batch_size * world}
 
 
 def seed_everything(seed: int) -> None:
@@ -203,10 +316,14 @@ def seed_everything(seed: int) -> None:
 
 
 def pick_device(name: Optional[str] = None) -> torch.device:
-    """``name`` if given, else CUDA when available, else CPU."""
-    if name:
-        return torch.device(name)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    """``name`` if given, else CUDA when available, else CPU.
+
+    Under torchrun with several processes this also joins the process group (once) and gives each
+    process its own GPU: a bare ``cuda`` becomes ``cuda:LOCAL_RANK``.
+    """
+    device = distributed.process_device(name)
+    distributed.setup(device)
+    return device
 
 
 __all__ = ["LoopConfig", "ResumableSampler", "train_loop", "seed_everything", "pick_device"]

@@ -27,6 +27,7 @@ import numpy as np
 
 from ... import geometry, io
 from .. import layout
+from ..poselists import read_cambridge_list
 from . import common
 
 SCENES = ("KingsCollege", "OldHospital", "ShopFacade", "StMarysChurch", "GreatCourt")
@@ -125,28 +126,16 @@ def read_nvm(path: Path) -> NVM:
 
 
 def read_dataset_file(path: Path) -> List[Tuple[str, np.ndarray]]:
-    """``(image path, T_c2w (4, 4))`` for each line of a Cambridge ``dataset_*.txt`` (3 header lines)."""
+    """``(image path, T_c2w (4, 4))`` for each line of a Cambridge ``dataset_*.txt`` (3 header lines).
+
+    Parsed by :func:`transpose.data.poselists.read_cambridge_list` (the one reader of this format):
+    ValueError naming the file and line for malformed, non-finite or non-unit rows.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: split file not found")
-    out = []
-    for no, line in enumerate(path.read_text().splitlines()[3:], 4):
-        toks = line.split()
-        if not toks:
-            continue
-        if len(toks) != 8:
-            raise ValueError(f"{path}:{no}: expected 'image X Y Z W P Q R', got {len(toks)} fields")
-        values = common.parse_float_tokens(toks[1:], f"{path}:{no}")
-        if values is None:
-            raise ValueError(f"{path}:{no}: pose holds inf or NaN")
-        q = values[3:]
-        if np.linalg.norm(q) < 1e-6:
-            raise ValueError(f"{path}:{no}: zero rotation quaternion")
-        R_w2c = geometry.quat_to_rotmat(q)
-        out.append((toks[0], geometry.make_pose(R_w2c.T, values[:3])))
-    if not out:
-        raise ValueError(f"{path}: no frames listed")
-    return out
+    listed = read_cambridge_list(str(path))
+    return list(zip(listed.image_paths, listed.poses_c2w))
 
 
 def _find_root(folder: Path, scene: str) -> Path:

@@ -1,0 +1,130 @@
+#include "frame.h"
+
+#include <cmath>
+
+#include "math3.h"
+
+namespace transpose {
+
+const char* status_message(int status) {
+  switch (status) {
+    case kOk: return "ok";
+    case kTooFewPoints: return "fewer than 4 valid correspondences";
+    case kNonFinite: return "NaN or inf in the correspondences";
+    case kBadIntrinsics: return "intrinsics must be finite with positive focal lengths";
+    case kDegenerate: return "degenerate configuration: scene points or pixels are coincident or collinear";
+    case kNoHypothesis:
+      return "no valid pose hypothesis found (degenerate configuration or too many outliers)";
+    case kBadOptions: return "invalid RANSAC options";
+    case kBadWeights: return "weights must be finite and non-negative";
+    default: return "unknown error";
+  }
+}
+
+namespace {
+
+// True when the points span at most a line (second-largest scatter eigenvalue ~ 0): either (n, 3)
+// row-major `xyz` (y == nullptr), or 2D points given as separate x and y arrays.
+bool spans_at_most_a_line(const double* x, const double* y, int n) {
+  const int dim = y ? 2 : 3;
+  // One pass of moments about the first point (shifting avoids cancellation for far-away scenes).
+  double o[3], sum[3] = {0, 0, 0}, sq[6] = {0, 0, 0, 0, 0, 0};
+  if (y) {
+    o[0] = x[0]; o[1] = y[0]; o[2] = 0.0;
+    for (int i = 0; i < n; ++i) {
+      const double a = x[i] - o[0], b = y[i] - o[1];
+      sum[0] += a; sum[1] += b;
+      sq[0] += a * a; sq[1] += a * b; sq[3] += b * b;
+    }
+  } else {
+    o[0] = x[0]; o[1] = x[1]; o[2] = x[2];
+    for (int i = 0; i < n; ++i) {
+      const double a = x[3 * i] - o[0], b = x[3 * i + 1] - o[1], c = x[3 * i + 2] - o[2];
+      sum[0] += a; sum[1] += b; sum[2] += c;
+      sq[0] += a * a; sq[1] += a * b; sq[2] += a * c; sq[3] += b * b; sq[4] += b * c; sq[5] += c * c;
+    }
+  }
+  const int pos[3][3] = {{0, 1, 2}, {1, 3, 4}, {2, 4, 5}};
+  double C[9];
+  for (int r = 0; r < dim; ++r)
+    for (int c = 0; c < dim; ++c) C[dim * r + c] = sq[pos[r][c]] - sum[r] * sum[c] / n;
+  double ev[3], V[9];
+  jacobi_eigen(C, dim, ev, V);
+  double e_max = ev[0], e_min = ev[0], e_sum = 0.0;
+  for (int j = 0; j < dim; ++j) {
+    e_max = std::fmax(e_max, ev[j]);
+    e_min = std::fmin(e_min, ev[j]);
+    e_sum += ev[j];
+  }
+  const double e_second = dim == 3 ? e_sum - e_max - e_min : e_min;
+  return !(e_max > 0.0) || !(e_second > 1e-10 * e_max);
+}
+
+}  // namespace
+
+int build_frame(const double* pixels, const double* points, const double* camera_points, const double* weights,
+                int n_total, const Intrinsics& K, Frame& f) {
+  if (!(std::isfinite(K.fx) && std::isfinite(K.fy) && std::isfinite(K.cx) && std::isfinite(K.cy)) ||
+      !(K.fx > 0.0) || !(K.fy > 0.0))
+    return kBadIntrinsics;
+  f.K = K;
+  f.n_total = n_total;
+  f.wsum = 0.0;
+  const size_t cap = static_cast<size_t>(n_total);
+  f.u.resize(cap); f.v.resize(cap); f.X.resize(cap); f.Y.resize(cap); f.Z.resize(cap); f.w.resize(cap);
+  f.points.resize(3 * cap);
+  f.camera.resize(camera_points ? 3 * cap : 0);
+  f.original.resize(cap);
+  int n = 0;
+  for (int i = 0; i < n_total; ++i) {
+    const double w = weights ? weights[i] : 1.0;
+    if (!std::isfinite(w) || w < 0.0) return kBadWeights;
+    if (w == 0.0) continue;
+    if (camera_points && !(camera_points[3 * i + 2] > 0.0)) {
+      if (std::isnan(camera_points[3 * i + 2])) return kNonFinite;
+      continue;  // missing depth
+    }
+    const double* p = points + 3 * i;
+    const double* q = pixels + 2 * i;
+    if (!(std::isfinite(p[0]) && std::isfinite(p[1]) && std::isfinite(p[2]) && std::isfinite(q[0]) &&
+          std::isfinite(q[1])))
+      return kNonFinite;
+    if (camera_points) {
+      const double* c = camera_points + 3 * i;
+      if (!(std::isfinite(c[0]) && std::isfinite(c[1]) && std::isfinite(c[2]))) return kNonFinite;
+      f.camera[3 * n] = c[0];
+      f.camera[3 * n + 1] = c[1];
+      f.camera[3 * n + 2] = c[2];
+    }
+    f.u[n] = q[0];
+    f.v[n] = q[1];
+    f.X[n] = p[0];
+    f.Y[n] = p[1];
+    f.Z[n] = p[2];
+    f.w[n] = w;
+    f.points[3 * n] = p[0];
+    f.points[3 * n + 1] = p[1];
+    f.points[3 * n + 2] = p[2];
+    f.original[n] = i;
+    f.wsum += w;
+    ++n;
+  }
+  f.n = n;
+  const size_t m = static_cast<size_t>(n);
+  f.u.resize(m); f.v.resize(m); f.X.resize(m); f.Y.resize(m); f.Z.resize(m); f.w.resize(m);
+  f.points.resize(3 * m);
+  if (camera_points) f.camera.resize(3 * m);
+  f.original.resize(m);
+  f.uc.resize(m);
+  f.vc.resize(m);
+  for (size_t i = 0; i < m; ++i) {
+    f.uc[i] = f.u[i] - K.cx;
+    f.vc[i] = f.v[i] - K.cy;
+  }
+  if (f.n < 4) return kTooFewPoints;
+  if (spans_at_most_a_line(f.points.data(), nullptr, f.n)) return kDegenerate;
+  if (spans_at_most_a_line(f.u.data(), f.v.data(), f.n)) return kDegenerate;
+  return kOk;
+}
+
+}  // namespace transpose

@@ -1,0 +1,45 @@
+// One frame's correspondences, laid out for fast scoring (structure of arrays), plus the map back
+// to the caller's indices (invalid / zero-weight correspondences are dropped on construction).
+#pragma once
+
+#include <vector>
+
+#include "camera.h"
+
+namespace transpose {
+
+enum Status : int {
+  kOk = 0,
+  kTooFewPoints = 1,       // fewer than 4 valid correspondences
+  kNonFinite = 2,          // NaN or inf in a valid correspondence
+  kBadIntrinsics = 3,      // non-positive or non-finite focal length / principal point
+  kDegenerate = 4,         // scene points (or pixels) coincident or collinear
+  kNoHypothesis = 5,       // no sample produced a hypothesis that its 4th cell agrees with
+  kBadOptions = 6,         // option out of range
+  kBadWeights = 7,         // negative or non-finite weight
+};
+
+const char* status_message(int status);
+
+struct Frame {
+  Intrinsics K;
+  int n = 0;        // valid correspondences
+  int n_total = 0;  // correspondences given by the caller
+  double wsum = 0.0;
+  // Structure of arrays over the valid correspondences (scoring and refinement loops).
+  std::vector<double> u, v, X, Y, Z, w;
+  std::vector<double> uc, vc;  // u - cx, v - cy (scoring)
+  std::vector<double> points;  // (n, 3) scene points, row-major (minimal solvers)
+  std::vector<double> camera;  // (n, 3) camera-frame points (RGB-D only), else empty
+  std::vector<int> original;   // valid index -> caller's index
+};
+
+// Build a frame from caller arrays.
+//   pixels (n_total, 2), points (n_total, 3), camera_points (n_total, 3) or nullptr,
+//   weights (n_total,) or nullptr (all ones); a zero weight drops the correspondence.
+// With camera_points, entries with a non-positive depth are treated as missing depth (dropped).
+// Returns a Status.
+int build_frame(const double* pixels, const double* points, const double* camera_points, const double* weights,
+                int n_total, const Intrinsics& K, Frame& frame);
+
+}  // namespace transpose

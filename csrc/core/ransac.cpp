@@ -1,0 +1,316 @@
+#include "ransac.h"
+
+#include <atomic>
+#include <cmath>
+#include <limits>
+
+#if TRANSPOSE_HAVE_OPENMP
+#include <omp.h>
+#endif
+
+#include "kabsch.h"
+#include "p3p.h"
+#include "rng.h"
+#include "scoring.h"
+
+namespace transpose {
+namespace {
+
+constexpr uint64_t kSelectionStream = 0xFFFFFFFFFFFFULL;  // random stream of the softmax draw
+constexpr double kParallelWork = 1 << 21;  // hypotheses x cells above which one frame uses all threads
+constexpr int kAdaptiveBlock = 16;  // draws between two stopping checks (fixed: keeps results thread-independent)
+
+}  // namespace
+
+int generate_poses(const Frame& f, Model model, const int* s, Pose* out) {
+  if (model == Model::kPnP) {
+    double bearings[9], pts[9];
+    for (int k = 0; k < 3; ++k) {
+      const int i = s[k];
+      bearings[3 * k] = (f.u[i] - f.K.cx) / f.K.fx;
+      bearings[3 * k + 1] = (f.v[i] - f.K.cy) / f.K.fy;
+      bearings[3 * k + 2] = 1.0;
+      pts[3 * k] = f.X[i];
+      pts[3 * k + 1] = f.Y[i];
+      pts[3 * k + 2] = f.Z[i];
+    }
+    return p3p_lambda_twist(bearings, pts, out);
+  }
+  return rigid_align_indexed(f.points.data(), f.camera.data(), nullptr, s, 3, out[0]) ? 1 : 0;
+}
+
+bool draw_hypothesis(const Frame& f, Model model, const ScoreParams& sp, Rng& rng, Pose& pose, int* s) {
+  const uint32_t n = static_cast<uint32_t>(f.n);
+  s[0] = static_cast<int>(rng.below(n));
+  do { s[1] = static_cast<int>(rng.below(n)); } while (s[1] == s[0]);
+  do { s[2] = static_cast<int>(rng.below(n)); } while (s[2] == s[0] || s[2] == s[1]);
+  do { s[3] = static_cast<int>(rng.below(n)); } while (s[3] == s[0] || s[3] == s[1] || s[3] == s[2]);
+  Pose cands[4];
+  const int m = generate_poses(f, model, s, cands);
+  int best = -1;
+  double best_err = sp.tau;
+  for (int c = 0; c < m; ++c) {
+    double worst = reprojection_error(f, cands[c], s[3], sp);
+    if (worst >= best_err) continue;
+    for (int k = 0; k < 3 && worst < best_err; ++k) worst = std::fmax(worst, reprojection_error(f, cands[c], s[k], sp));
+    if (worst < best_err) {
+      best_err = worst;
+      best = c;
+    }
+  }
+  if (best < 0) return false;
+  pose = cands[best];
+  return true;
+}
+
+namespace {
+
+// Lock-free "best = max(best, value)".
+void atomic_max(std::atomic<double>& best, double value) {
+  double cur = best.load(std::memory_order_relaxed);
+  while (value > cur && !best.compare_exchange_weak(cur, value, std::memory_order_relaxed)) {
+  }
+}
+
+struct Hypothesis {
+  Pose pose;
+  int sample[4] = {-1, -1, -1, -1};
+  double score = -std::numeric_limits<double>::infinity();
+  int inliers = 0;
+  int64_t tries = 0;
+  bool valid = false;
+  bool complete = false;
+};
+
+// Adaptive mode: samples needed so that an all-inlier 4-cell sample was drawn with probability
+// `confidence`, given inlier ratio `ratio`.
+double needed_samples(double ratio, double confidence) {
+  const double p = std::pow(ratio, 4);
+  if (p >= 1.0) return 1.0;
+  if (p <= 0.0) return std::numeric_limits<double>::infinity();
+  return std::log(1.0 - confidence) / std::log1p(-p);
+}
+
+void finish(const Frame& f, Model model, const RansacOptions& o, const ScoreParams& sp, Pose pose,
+            RansacResult& r) {
+  std::vector<int> scratch;
+  if (o.refine) refine_hypothesis(f, model, sp, o.refine_rounds, o.lm_iterations, pose, scratch);
+  r.pose = pose;
+  const ScoreOut so = soft_score(f, pose, sp, -std::numeric_limits<double>::infinity());
+  r.score = so.score;
+  scratch.resize(static_cast<size_t>(f.n));
+  const int count = collect_inliers(f, pose, sp, scratch.data());
+  r.num_inliers = count;
+  r.inliers.assign(static_cast<size_t>(f.n_total), 0);
+  for (int k = 0; k < count; ++k) r.inliers[static_cast<size_t>(f.original[scratch[k]])] = 1;
+}
+
+void ransac_fixed(const Frame& f, Model model, const RansacOptions& o, const ScoreParams& sp, int threads,
+                  RansacResult& r) {
+  const int M = o.num_hypotheses;
+  std::vector<Hypothesis> hyps(static_cast<size_t>(M));
+  const bool exit_early = o.early_exit && !o.training;
+  std::atomic<double> best{-std::numeric_limits<double>::infinity()};
+#pragma omp parallel for schedule(dynamic, 1) num_threads(threads) if (threads > 1)
+  for (int h = 0; h < M; ++h) {
+    Hypothesis& hy = hyps[static_cast<size_t>(h)];
+    Rng rng(o.seed, static_cast<uint64_t>(h));
+    while (hy.tries < o.max_tries_per_hypothesis) {
+      ++hy.tries;
+      if (draw_hypothesis(f, model, sp, rng, hy.pose, hy.sample)) {
+        hy.valid = true;
+        break;
+      }
+    }
+    if (!hy.valid) continue;
+    const double stop = exit_early ? best.load(std::memory_order_relaxed) : -std::numeric_limits<double>::infinity();
+    const ScoreOut so = soft_score(f, hy.pose, sp, stop);
+    hy.score = so.score;
+    hy.inliers = so.inliers;
+    hy.complete = so.complete;
+    if (so.complete) atomic_max(best, so.score);
+  }
+  int chosen = -1;
+  for (int h = 0; h < M; ++h) {
+    const Hypothesis& hy = hyps[static_cast<size_t>(h)];
+    r.num_samples += hy.tries;
+    if (!hy.valid) continue;
+    ++r.num_hypotheses;
+    if (hy.complete && (chosen < 0 || hy.score > hyps[static_cast<size_t>(chosen)].score)) chosen = h;
+  }
+  if (chosen < 0) {
+    r.status = kNoHypothesis;
+    return;
+  }
+  if (o.training) {
+    // Softmax over logits = alpha * soft / sum(w); the winner is drawn, not the argmax.
+    const double scale = o.alpha / f.wsum;
+    r.hypotheses.resize(static_cast<size_t>(M));
+    r.logits.assign(static_cast<size_t>(M), -std::numeric_limits<double>::infinity());
+    r.samples.assign(static_cast<size_t>(4 * M), -1);
+    double top = -std::numeric_limits<double>::infinity();
+    for (int h = 0; h < M; ++h) {
+      const Hypothesis& hy = hyps[static_cast<size_t>(h)];
+      r.hypotheses[static_cast<size_t>(h)] = hy.pose;
+      if (!hy.valid) continue;
+      r.logits[static_cast<size_t>(h)] = scale * hy.score;
+      for (int k = 0; k < 4; ++k) r.samples[static_cast<size_t>(4 * h + k)] = f.original[hy.sample[k]];
+      top = std::fmax(top, r.logits[static_cast<size_t>(h)]);
+    }
+    double total = 0.0;
+    std::vector<double> p(static_cast<size_t>(M), 0.0);
+    for (int h = 0; h < M; ++h) {
+      if (!hyps[static_cast<size_t>(h)].valid) continue;
+      p[static_cast<size_t>(h)] = std::exp(r.logits[static_cast<size_t>(h)] - top);
+      total += p[static_cast<size_t>(h)];
+    }
+    Rng rng(o.seed, kSelectionStream);
+    double x = rng.uniform() * total;
+    chosen = -1;
+    for (int h = 0; h < M; ++h) {
+      if (!hyps[static_cast<size_t>(h)].valid) continue;
+      chosen = h;
+      x -= p[static_cast<size_t>(h)];
+      if (x < 0.0) break;
+    }
+    if (o.refine_all) {
+      r.refined.resize(static_cast<size_t>(M));
+#pragma omp parallel for schedule(dynamic, 1) num_threads(threads) if (threads > 1)
+      for (int h = 0; h < M; ++h) {
+        Pose pose = hyps[static_cast<size_t>(h)].pose;
+        if (hyps[static_cast<size_t>(h)].valid) {
+          std::vector<int> scratch;
+          refine_hypothesis(f, model, sp, o.refine_rounds, o.lm_iterations, pose, scratch);
+        }
+        r.refined[static_cast<size_t>(h)] = pose;
+      }
+    }
+  }
+  r.selected = chosen;
+  r.selected_score = hyps[static_cast<size_t>(chosen)].score;
+  if (o.training && o.refine_all && o.refine) {
+    RansacOptions o2 = o;
+    o2.refine = false;  // already refined above
+    finish(f, model, o2, sp, r.refined[static_cast<size_t>(chosen)], r);
+  } else {
+    finish(f, model, o, sp, hyps[static_cast<size_t>(chosen)].pose, r);
+  }
+}
+
+void ransac_adaptive(const Frame& f, Model model, const RansacOptions& o, const ScoreParams& sp, int threads,
+                     RansacResult& r) {
+  std::vector<Hypothesis> block(static_cast<size_t>(kAdaptiveBlock));
+  Hypothesis best_h;
+  std::atomic<double> best{-std::numeric_limits<double>::infinity()};
+  double needed = std::numeric_limits<double>::infinity();
+  int64_t drawn = 0;
+  int selected = -1;
+  while (drawn < o.max_iterations && (drawn < o.min_iterations || static_cast<double>(drawn) < needed)) {
+    const int count = static_cast<int>(std::min<int64_t>(kAdaptiveBlock, o.max_iterations - drawn));
+    auto one_draw = [&](int k) {
+      Hypothesis& hy = block[static_cast<size_t>(k)];
+      hy.valid = false;
+      hy.complete = false;
+      Rng rng(o.seed, static_cast<uint64_t>(drawn + k));
+      if (!draw_hypothesis(f, model, sp, rng, hy.pose, hy.sample)) return;
+      hy.valid = true;
+      const double stop = o.early_exit ? best.load(std::memory_order_relaxed) : -std::numeric_limits<double>::infinity();
+      const ScoreOut so = soft_score(f, hy.pose, sp, stop);
+      hy.score = so.score;
+      hy.inliers = so.inliers;
+      hy.complete = so.complete;
+      if (so.complete) atomic_max(best, so.score);
+    };
+    if (threads > 1) {
+#pragma omp parallel for schedule(dynamic, 4) num_threads(threads)
+      for (int k = 0; k < count; ++k) one_draw(k);
+    } else {
+      for (int k = 0; k < count; ++k) one_draw(k);  // no OpenMP region: most draws cost ~1 us
+    }
+    for (int k = 0; k < count; ++k) {
+      const Hypothesis& hy = block[static_cast<size_t>(k)];
+      if (!hy.valid) continue;
+      ++r.num_hypotheses;
+      if (hy.complete && (selected < 0 || hy.score > best_h.score)) {
+        best_h = hy;
+        selected = static_cast<int>(drawn + k);
+      }
+    }
+    drawn += count;
+    if (selected >= 0) needed = needed_samples(static_cast<double>(best_h.inliers) / f.n, o.confidence);
+  }
+  r.num_samples = drawn;
+  if (selected < 0) {
+    r.status = kNoHypothesis;
+    return;
+  }
+  r.selected = selected;
+  r.selected_score = best_h.score;
+  finish(f, model, o, sp, best_h.pose, r);
+}
+
+}  // namespace
+
+int resolve_threads(int requested) {
+#if TRANSPOSE_HAVE_OPENMP
+  if (requested <= 0) return omp_get_max_threads();
+  return requested;
+#else
+  (void)requested;
+  return 1;
+#endif
+}
+
+int check_options(const RansacOptions& o) {
+  if (!(o.num_hypotheses >= 1) || !(o.threshold > 0.0) || !std::isfinite(o.threshold) ||
+      !(o.max_reprojection_error > 0.0) || !(o.alpha > 0.0) || !std::isfinite(o.alpha) ||
+      !(o.max_tries_per_hypothesis >= 1) || !(o.confidence > 0.0 && o.confidence < 1.0) ||
+      !(o.max_iterations >= 1) || !(o.min_iterations >= 0) || !(o.refine_rounds >= 0) ||
+      !(o.lm_iterations >= 0) || (o.training && o.adaptive))
+    return kBadOptions;
+  return kOk;
+}
+
+void ransac(const Frame& frame, Model model, const RansacOptions& options, RansacResult& result) {
+  result = RansacResult();
+  result.status = check_options(options);
+  if (result.status != kOk) return;
+  if (frame.n < (model == Model::kPnP ? 4 : 4)) {
+    result.status = kTooFewPoints;
+    return;
+  }
+  const ScoreParams sp = make_score_params(options.threshold, options.max_reprojection_error);
+  // Automatic: one thread unless the fixed-count work is large. For DSAC*'s 64 hypotheses on a few
+  // thousand cells, fork/join (and, on a busy machine, waiting for a descheduled thread) costs
+  // more than a second core brings; batches parallelise over frames instead.
+  int threads = resolve_threads(options.num_threads);
+  if (options.num_threads <= 0) {
+    const double work = static_cast<double>(options.num_hypotheses) * frame.n;
+    threads = (!options.adaptive && work >= kParallelWork) ? threads : 1;
+  }
+  if (options.adaptive)
+    ransac_adaptive(frame, model, options, sp, threads, result);
+  else
+    ransac_fixed(frame, model, options, sp, threads, result);
+}
+
+void ransac_batch(const std::vector<Frame>& frames, const std::vector<int>& frame_status, Model model,
+                  const RansacOptions& options, const std::vector<uint64_t>& seeds, int num_threads,
+                  std::vector<RansacResult>& results) {
+  const int B = static_cast<int>(frames.size());
+  results.assign(static_cast<size_t>(B), RansacResult());
+  const int threads = resolve_threads(num_threads);
+#pragma omp parallel for schedule(dynamic, 1) num_threads(threads) if (threads > 1 && B > 1)
+  for (int b = 0; b < B; ++b) {
+    if (frame_status[static_cast<size_t>(b)] != kOk) {
+      results[static_cast<size_t>(b)].status = frame_status[static_cast<size_t>(b)];
+      continue;
+    }
+    RansacOptions o = options;
+    o.seed = seeds[static_cast<size_t>(b)];
+    o.num_threads = 1;  // frames are the parallel unit
+    ransac(frames[static_cast<size_t>(b)], model, o, results[static_cast<size_t>(b)]);
+  }
+}
+
+}  // namespace transpose

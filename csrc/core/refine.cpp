@@ -1,0 +1,172 @@
+#include "refine.h"
+
+#include <algorithm>
+#include <cmath>
+
+#include "kabsch.h"
+#include "math3.h"
+#include "simd.h"
+
+namespace transpose {
+namespace {
+
+// Inlier correspondences gathered into contiguous arrays, so the normal-equation pass is a
+// straight (SIMD-reducible) loop.
+struct Gathered {
+  std::vector<double> X, Y, Z, u, v, w;
+  int n = 0;
+  void assign(const Frame& f, const int* idx, int count) {
+    const size_t m = static_cast<size_t>(count);
+    X.resize(m); Y.resize(m); Z.resize(m); u.resize(m); v.resize(m); w.resize(m);
+    for (int k = 0; k < count; ++k) {
+      const int i = idx[k];
+      X[k] = f.X[i]; Y[k] = f.Y[i]; Z[k] = f.Z[i]; u[k] = f.u[i]; v[k] = f.v[i]; w[k] = f.w[i];
+    }
+    n = count;
+  }
+};
+
+// Weighted squared reprojection cost, normal equations H (6x6) and gradient g of the update
+// x_cam <- exp([w]x) x_cam + dt, d = (w, dt). Points behind the camera are skipped (zero weight).
+// One pass serves both the acceptance test of a step and the next step.
+TRANSPOSE_HOT
+double pnp_normal_equations(const Gathered& G, const Intrinsics& K, const Pose& p, double* H, double* g) {
+  const double r0 = p.R[0], r1 = p.R[1], r2 = p.R[2], r3 = p.R[3], r4 = p.R[4], r5 = p.R[5], r6 = p.R[6],
+               r7 = p.R[7], r8 = p.R[8], t0 = p.t[0], t1 = p.t[1], t2 = p.t[2];
+  const double fx = K.fx, fy = K.fy, cx = K.cx, cy = K.cy;
+  const double* X = G.X.data();
+  const double* Y = G.Y.data();
+  const double* Z = G.Z.data();
+  const double* U = G.u.data();
+  const double* V = G.v.data();
+  const double* Wt = G.w.data();
+  double cost = 0, g0 = 0, g1 = 0, g2 = 0, g3 = 0, g4 = 0, g5 = 0;
+  double h00 = 0, h10 = 0, h11 = 0, h20 = 0, h21 = 0, h22 = 0, h30 = 0, h31 = 0, h32 = 0, h33 = 0, h40 = 0,
+         h41 = 0, h42 = 0, h43 = 0, h44 = 0, h50 = 0, h51 = 0, h52 = 0, h53 = 0, h54 = 0, h55 = 0;
+#pragma omp simd reduction(+ : cost, g0, g1, g2, g3, g4, g5, h00, h10, h11, h20, h21, h22, h30, h31, h32, h33, \
+                           h40, h41, h42, h43, h44, h50, h51, h52, h53, h54, h55)
+  for (int k = 0; k < G.n; ++k) {
+    const double xc = r0 * X[k] + r1 * Y[k] + r2 * Z[k] + t0;
+    const double yc = r3 * X[k] + r4 * Y[k] + r5 * Z[k] + t1;
+    const double zc = r6 * X[k] + r7 * Y[k] + r8 * Z[k] + t2;
+    const double wi = zc < kMinDepth ? 0.0 : Wt[k];
+    const double iz = 1.0 / (zc < kMinDepth ? 1.0 : zc);
+    const double a = xc * iz, b = yc * iz;
+    const double ru = fx * a + cx - U[k];
+    const double rv = fy * b + cy - V[k];
+    // u = fx a + cx: du/dx_cam = fu (1, 0, -a), dv/dx_cam = fv (0, 1, -b), d x_cam / dw = -[x_cam]x.
+    const double fu = fx * iz, fv = fy * iz;
+    const double u0 = -fu * a * yc, u1 = fu * (zc + a * xc), u2 = -fu * yc, u3 = fu, u5 = -fu * a;  // u4 = 0
+    const double v0 = -fv * (zc + b * yc), v1 = fv * b * xc, v2 = fv * xc, v4 = fv, v5 = -fv * b;  // v3 = 0
+    const double wru = wi * ru, wrv = wi * rv;
+    cost += wru * ru + wrv * rv;
+    g0 += u0 * wru + v0 * wrv;
+    g1 += u1 * wru + v1 * wrv;
+    g2 += u2 * wru + v2 * wrv;
+    g3 += u3 * wru;
+    g4 += v4 * wrv;
+    g5 += u5 * wru + v5 * wrv;
+    const double wu0 = wi * u0, wu1 = wi * u1, wu2 = wi * u2, wu3 = wi * u3, wu5 = wi * u5;
+    const double wv0 = wi * v0, wv1 = wi * v1, wv2 = wi * v2, wv4 = wi * v4, wv5 = wi * v5;
+    h00 += wu0 * u0 + wv0 * v0;
+    h10 += wu1 * u0 + wv1 * v0;
+    h11 += wu1 * u1 + wv1 * v1;
+    h20 += wu2 * u0 + wv2 * v0;
+    h21 += wu2 * u1 + wv2 * v1;
+    h22 += wu2 * u2 + wv2 * v2;
+    h30 += wu3 * u0;
+    h31 += wu3 * u1;
+    h32 += wu3 * u2;
+    h33 += wu3 * u3;
+    h40 += wv4 * v0;
+    h41 += wv4 * v1;
+    h42 += wv4 * v2;
+    h43 += 0.0;
+    h44 += wv4 * v4;
+    h50 += wu5 * u0 + wv5 * v0;
+    h51 += wu5 * u1 + wv5 * v1;
+    h52 += wu5 * u2 + wv5 * v2;
+    h53 += wu5 * u3;
+    h54 += wv5 * v4;
+    h55 += wu5 * u5 + wv5 * v5;
+  }
+  const double lower[21] = {h00, h10, h11, h20, h21, h22, h30, h31, h32, h33, h40,
+                            h41, h42, h43, h44, h50, h51, h52, h53, h54, h55};
+  int k = 0;
+  for (int r = 0; r < 6; ++r)
+    for (int c = 0; c <= r; ++c, ++k) H[6 * r + c] = H[6 * c + r] = lower[k];
+  g[0] = g0; g[1] = g1; g[2] = g2; g[3] = g3; g[4] = g4; g[5] = g5;
+  return cost;
+}
+
+}  // namespace
+
+int refine_pnp_lm(const Frame& f, const int* idx, int n, Pose& pose, int max_iterations) {
+  if (n < 3 || max_iterations <= 0) return 0;
+  Gathered G;
+  G.assign(f, idx, n);
+  double H[36], g[6], Hc[36], gc[6];
+  double cost = pnp_normal_equations(G, f.K, pose, H, g);
+  double lambda = 1e-4;
+  int it = 0;
+  for (; it < max_iterations; ++it) {
+    double Hd[36], d[6], mg[6];
+    for (int k = 0; k < 36; ++k) Hd[k] = H[k];
+    for (int r = 0; r < 6; ++r) {
+      Hd[7 * r] += lambda * H[7 * r] + 1e-12;
+      mg[r] = -g[r];
+    }
+    if (!solve_spd(Hd, mg, d, 6)) {
+      lambda *= 10.0;
+      if (lambda > 1e8) break;
+      continue;
+    }
+    double dR[9];
+    so3_exp(d, dR);
+    Pose cand;
+    matmul3(dR, pose.R, cand.R);
+    matvec3(dR, pose.t, cand.t);
+    for (int k = 0; k < 3; ++k) cand.t[k] += d[3 + k];
+    const double c = pnp_normal_equations(G, f.K, cand, Hc, gc);
+    if (c < cost) {
+      const double decrease = cost - c;
+      pose = cand;
+      cost = c;
+      std::copy(Hc, Hc + 36, H);
+      std::copy(gc, gc + 6, g);
+      lambda = std::fmax(lambda * 0.1, 1e-10);
+      // Converged: the cost barely moved, or the step is far below any meaningful pose change.
+      const double step = std::sqrt(dot3(d, d) + dot3(d + 3, d + 3));
+      if (decrease <= 1e-9 * cost || step < 1e-10) return it + 1;
+    } else {
+      // At the optimum rounding makes every step "worse" by a negligible amount: stop there.
+      if (c - cost <= 1e-9 * cost) return it + 1;
+      lambda *= 10.0;
+      if (lambda > 1e8) break;
+    }
+  }
+  return it;
+}
+
+int refine_hypothesis(const Frame& f, Model model, const ScoreParams& sp, int max_rounds, int lm_iterations,
+                      Pose& pose, std::vector<int>& scratch) {
+  scratch.resize(static_cast<size_t>(f.n));
+  const int min_points = model == Model::kPnP ? 4 : 3;
+  int previous = 0, fitted = 0;
+  for (int round = 0; round < max_rounds; ++round) {
+    const int count = collect_inliers(f, pose, sp, scratch.data());
+    if (count < min_points || count <= previous) break;
+    previous = count;
+    if (model == Model::kPnP) {
+      refine_pnp_lm(f, scratch.data(), count, pose, lm_iterations);
+    } else {
+      Pose fit;
+      if (!rigid_align_indexed(f.points.data(), f.camera.data(), f.w.data(), scratch.data(), count, fit)) break;
+      pose = fit;
+    }
+    fitted = count;
+  }
+  return fitted;
+}
+
+}  // namespace transpose

@@ -1,0 +1,28 @@
+// Pose refinement: Levenberg-Marquardt on the reprojection error (PnP) or weighted rigid
+// alignment (RGB-D), wrapped in the DSAC* loop that re-collects inliers until their count stops
+// growing.
+#pragma once
+
+#include <vector>
+
+#include "camera.h"
+#include "frame.h"
+#include "scoring.h"
+
+namespace transpose {
+
+// Minimise sum_k w_k |project(R X_k + t) - pixel_k|^2 over the valid indices idx[0..n) with
+// Levenberg-Marquardt (left-multiplied so(3) update). Returns the number of iterations done;
+// the pose is only changed by steps that lower the cost.
+int refine_pnp_lm(const Frame& f, const int* idx, int n, Pose& pose, int max_iterations);
+
+// Which model an estimator refines.
+enum class Model { kPnP, kRigid };
+
+// DSAC*-style refinement: repeat { inliers = {err < tau}; stop if they did not grow; re-fit on the
+// inliers } at most `max_rounds` times. `scratch` is resized as needed. Returns the final number
+// of inliers used for the last fit (0 when nothing was fitted).
+int refine_hypothesis(const Frame& f, Model model, const ScoreParams& sp, int max_rounds, int lm_iterations,
+                      Pose& pose, std::vector<int>& scratch);
+
+}  // namespace transpose

@@ -1,0 +1,465 @@
+"""Python face of the native RANSAC/PnP core (``transpose._core``).
+
+Pose estimation from 2D-3D correspondences in the DSAC* style:
+
+- hypotheses from 4 sampled cells: 3 solve (Lambda Twist P3P, or Kabsch for RGB-D), the 4th must
+  agree (reprojection error below ``threshold``);
+- soft inlier score ``sum_i w_i (1 - sigmoid(beta (err_i - tau)))`` with ``beta = 5 / tau``,
+  errors clamped to ``max_reprojection_error``; logits ``alpha * score / sum(w)``;
+- test mode picks the argmax (with early exit on hypotheses that cannot win) and refines it;
+  training mode scores every hypothesis, draws the winner from ``softmax(logits)`` and returns all
+  hypotheses (for the expected-pose loss of end-to-end training);
+- adaptive mode keeps drawing 4-cell samples until an all-inlier sample was drawn with probability
+  ``confidence`` (capped by ``max_iterations``), for low inlier ratios;
+- refinement re-collects inliers (error < ``threshold``) and re-fits (Levenberg-Marquardt on the
+  reprojection error, or weighted Kabsch for RGB-D) until their count stops growing.
+
+Poses follow :mod:`transpose.geometry`: ``R, t`` map world to camera (``x_cam = R X + t``) and
+``pose`` is the camera-to-world 4x4. A seed gives the same pose on every call and for any thread
+count. Inputs are numpy arrays or torch tensors (copied to CPU float64); the GIL is released while
+the core runs. Bad input raises ``ValueError`` naming the argument.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+from dataclasses import dataclass
+from typing import Any, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+from . import _core
+from . import geometry
+
+__all__ = [
+    "RansacOptions", "PoseResult",
+    "estimate_pose", "estimate_pose_from_points", "estimate_pose_rgbd", "estimate_pose_batch",
+    "p3p", "rigid_align", "refine_pose", "soft_score",
+]
+
+ArrayLike = Any  # numpy array or torch tensor
+
+
+@dataclass(frozen=True)
+class RansacOptions:
+    """RANSAC settings; defaults are DSAC*'s (64 hypotheses, tau = 10 px, alpha = 100, 100 px cap)."""
+
+    num_hypotheses: int = 64
+    threshold: float = 10.0
+    alpha: float = 100.0
+    max_reprojection_error: float = 100.0
+    max_tries_per_hypothesis: int = 1000000 // 64
+    adaptive: bool = False
+    confidence: float = 0.999
+    max_iterations: int = 100000
+    min_iterations: int = 0
+    early_exit: bool = True
+    refine: bool = True
+    refine_rounds: int = 100
+    lm_iterations: int = 10
+    training: bool = False
+    refine_all: bool = False
+    seed: int = 0
+    num_threads: int = 0  # threads over hypotheses of one frame; 0: automatic (1 unless the work is large)
+
+    def validate(self) -> "RansacOptions":
+        """Return self; raise ValueError naming the first option out of range."""
+        checks = [
+            ("num_hypotheses", self.num_hypotheses >= 1),
+            ("threshold", np.isfinite(self.threshold) and self.threshold > 0),
+            ("alpha", np.isfinite(self.alpha) and self.alpha > 0),
+            ("max_reprojection_error", self.max_reprojection_error > 0),
+            ("max_tries_per_hypothesis", self.max_tries_per_hypothesis >= 1),
+            ("confidence", 0 < self.confidence < 1),
+            ("max_iterations", self.max_iterations >= 1),
+            ("min_iterations", self.min_iterations >= 0),
+            ("refine_rounds", self.refine_rounds >= 0),
+            ("lm_iterations", self.lm_iterations >= 0),
+            ("seed", 0 <= int(self.seed) < 2 ** 64),
+        ]
+        for name, ok in checks:
+            if not ok:
+                raise ValueError(f"{name}: invalid value {getattr(self, name)!r}")
+        if self.training and self.adaptive:
+            raise ValueError("training: the training mode needs a fixed hypothesis count (adaptive=False)")
+        return self
+
+    def to_core(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
+
+@dataclass
+class PoseResult:
+    """Pose of one frame.
+
+    Attributes:
+        R: ``(3, 3)`` world-to-camera rotation.
+        t: ``(3,)`` world-to-camera translation.
+        pose: ``(4, 4)`` camera-to-world matrix (the convention of pose files).
+        inliers: bool mask of correspondences with error < threshold under the final pose, shaped
+            like the input cells: ``(H, W)`` for coordinate maps, ``(N,)`` for explicit points.
+        score: soft inlier score of the final pose (sum of weights times ``1 - sigmoid``).
+        num_inliers: number of inliers.
+        num_hypotheses: hypotheses that passed the 4th-cell check and were scored.
+        num_samples: minimal samples drawn.
+        selected: index of the chosen hypothesis (fixed mode) or draw (adaptive mode).
+        selected_score: soft score of the chosen hypothesis before refinement.
+        hypotheses_R, hypotheses_t: training mode, ``(M, 3, 3)`` and ``(M, 3)`` unrefined hypotheses.
+        logits: training mode, ``(M,)`` ``alpha * score / sum(w)`` (``-inf`` for a failed hypothesis).
+        samples: training mode, ``(M, 4)`` flat cell indices of each sample (3 solve, 4th verifies;
+            ``-1`` for a failed hypothesis); for maps the index is ``i * W + j``.
+        refined_R, refined_t: training mode with ``refine_all``, every hypothesis refined.
+    """
+
+    R: np.ndarray
+    t: np.ndarray
+    pose: np.ndarray
+    inliers: np.ndarray
+    score: float
+    num_inliers: int
+    num_hypotheses: int
+    num_samples: int
+    selected: int
+    selected_score: float
+    hypotheses_R: Optional[np.ndarray] = None
+    hypotheses_t: Optional[np.ndarray] = None
+    logits: Optional[np.ndarray] = None
+    samples: Optional[np.ndarray] = None
+    refined_R: Optional[np.ndarray] = None
+    refined_t: Optional[np.ndarray] = None
+
+
+# --------------------------------------------------------------------------- input checks
+
+def _to_numpy(x: ArrayLike, name: str) -> np.ndarray:
+    """numpy view/copy of an array or (any-device) torch tensor; ValueError for other objects."""
+    if hasattr(x, "detach") and hasattr(x, "cpu"):  # torch tensor, without importing torch
+        x = x.detach().cpu().numpy()
+    try:
+        arr = np.asarray(x)
+    except Exception as exc:  # pragma: no cover - exotic objects
+        raise ValueError(f"{name}: cannot convert to an array ({exc})") from None
+    return arr
+
+
+def _as_float(x: ArrayLike, name: str, shape: Tuple[Optional[int], ...]) -> np.ndarray:
+    """float64 C-contiguous array with the given shape (None = any size); checks dtype and shape."""
+    arr = _to_numpy(x, name)
+    if arr.dtype == bool or not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
+        raise ValueError(f"{name}: expected a real-valued float array, got dtype {arr.dtype}")
+    want = "(" + ", ".join("N" if s is None else str(s) for s in shape) + ")"
+    if arr.ndim != len(shape) or any(s is not None and s != d for s, d in zip(shape, arr.shape)):
+        raise ValueError(f"{name}: expected shape {want}, got {tuple(arr.shape)}")
+    return np.ascontiguousarray(arr, dtype=np.float64)
+
+
+def _as_mask(x: Optional[ArrayLike], name: str, shape: Tuple[int, ...]) -> Optional[np.ndarray]:
+    if x is None:
+        return None
+    arr = _to_numpy(x, name)
+    if arr.dtype != bool:
+        raise ValueError(f"{name}: expected a boolean mask, got dtype {arr.dtype}")
+    if arr.shape != tuple(shape):
+        raise ValueError(f"{name}: expected shape {tuple(shape)}, got {tuple(arr.shape)}")
+    return arr
+
+
+def _as_weights(x: Optional[ArrayLike], name: str, shape: Tuple[int, ...]) -> Optional[np.ndarray]:
+    if x is None:
+        return None
+    arr = _as_float(x, name, tuple(shape))
+    if not np.all(np.isfinite(arr)) or np.any(arr < 0):
+        raise ValueError(f"{name}: weights must be finite and non-negative")
+    return arr
+
+
+def _intrinsics(K: ArrayLike, name: str = "K") -> np.ndarray:
+    """(fx, fy, cx, cy) from a 3x3 pinhole matrix, checked by geometry.check_intrinsics."""
+    K = geometry.check_intrinsics(_to_numpy(K, name), name)
+    if K[0, 1] != 0:
+        raise ValueError(f"{name}: skewed intrinsics (K[0, 1] != 0) are not supported")
+    return np.array([K[0, 0], K[1, 1], K[0, 2], K[1, 2]], dtype=np.float64)
+
+
+def _options(options: dict) -> RansacOptions:
+    try:
+        opts = RansacOptions(**options)
+    except TypeError as exc:
+        raise ValueError(f"unknown RANSAC option: {exc}") from None
+    return opts.validate()
+
+
+def _check_finite(values: np.ndarray, valid: Optional[np.ndarray], name: str) -> None:
+    """Raise when a valid row of ``values (N, C)`` holds NaN or inf."""
+    if np.isfinite(values.sum()):  # fast path: a finite sum means every entry is finite
+        return
+    bad = ~np.isfinite(values).all(axis=-1)
+    if valid is not None:
+        bad &= valid
+    if bad.any():
+        raise ValueError(f"{name}: {int(bad.sum())} valid entries contain NaN or inf "
+                         f"(mask them out with `mask`)")
+
+
+def _combine(mask: Optional[np.ndarray], weights: Optional[np.ndarray]) -> Optional[np.ndarray]:
+    """Per-correspondence weights for the core (0 drops a correspondence), or None for all ones."""
+    if mask is None and weights is None:
+        return None
+    w = np.ones(mask.shape if mask is not None else weights.shape) if weights is None else weights.copy()
+    if mask is not None:
+        w[~mask] = 0.0
+    return np.ascontiguousarray(w, dtype=np.float64)
+
+
+def _count_valid(weights: Optional[np.ndarray], n: int, name: str) -> None:
+    valid = n if weights is None else int(np.count_nonzero(weights))
+    if valid < 4:
+        raise ValueError(f"{name}: fewer than 4 valid correspondences (got {valid})")
+
+
+def _result(d: dict, cells_shape: Tuple[int, ...]) -> PoseResult:
+    R, t = d["R"], d["t"]
+    pose = geometry.invert_pose(geometry.make_pose(R, t))
+    extra = {k: d.get(k) for k in ("hypotheses_R", "hypotheses_t", "logits", "samples", "refined_R", "refined_t")}
+    return PoseResult(R=R, t=t, pose=pose, inliers=d["inliers"].reshape(cells_shape), score=float(d["score"]),
+                      num_inliers=int(d["num_inliers"]), num_hypotheses=int(d["num_hypotheses"]),
+                      num_samples=int(d["num_samples"]), selected=int(d["selected"]),
+                      selected_score=float(d["selected_score"]), **extra)
+
+
+@functools.lru_cache(maxsize=16)
+def _pixel_grid(H: int, W: int, stride: int) -> np.ndarray:
+    """Read-only ``(H * W, 2)`` pixel centres of the cells (cached: the same grid every frame)."""
+    grid = np.ascontiguousarray(geometry.cell_centers(H, W, stride).reshape(-1, 2))
+    grid.flags.writeable = False
+    return grid
+
+
+def _map_points(coords: ArrayLike, name: str, lead: Tuple[Optional[int], ...] = ()) -> np.ndarray:
+    """``(..., 3, H, W)`` map -> float64 ``(..., H * W, 3)`` points in one copy (dtype and shape checked)."""
+    arr = _to_numpy(coords, name)
+    shape = lead + (3, None, None)
+    if arr.dtype == bool or not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
+        raise ValueError(f"{name}: expected a real-valued float array, got dtype {arr.dtype}")
+    if arr.ndim != len(shape) or any(s is not None and s != d for s, d in zip(shape, arr.shape)):
+        want = "(" + ", ".join("N" if s is None else str(s) for s in shape) + ")"
+        want = want.replace("N, 3, N, N", "B, 3, H, W").replace("(3, N, N)", "(3, H, W)")
+        raise ValueError(f"{name}: expected shape {want}, got {tuple(arr.shape)}")
+    flat = arr.reshape(arr.shape[:-2] + (-1,))
+    return np.ascontiguousarray(np.swapaxes(flat, -1, -2), dtype=np.float64)
+
+
+def _check_stride(stride: Any) -> int:
+    if isinstance(stride, bool) or not isinstance(stride, (int, np.integer)) or stride <= 0:
+        raise ValueError(f"stride: expected a positive integer, got {stride!r}")
+    return int(stride)
+
+
+def _map_correspondences(coords: ArrayLike, stride: int, mask: Optional[ArrayLike], weights: Optional[ArrayLike],
+                         name: str = "coords"):
+    """Flatten a (3, H, W) map: pixels (H*W, 2), points (H*W, 3), weights (H*W,) or None, (H, W)."""
+    points = _map_points(coords, name)
+    H, W = _to_numpy(coords, name).shape[1:]
+    stride = _check_stride(stride)
+    m = _as_mask(mask, "mask", (H, W))
+    w = _as_weights(weights, "weights", (H, W))
+    wflat = _combine(None if m is None else m.reshape(-1), None if w is None else w.reshape(-1))
+    _check_finite(points, None if wflat is None else wflat > 0, name)
+    return _pixel_grid(H, W, stride), points, wflat, (H, W)
+
+
+# --------------------------------------------------------------------------- estimators
+
+def estimate_pose(coords: ArrayLike, K: ArrayLike, stride: int = 8, *, mask: Optional[ArrayLike] = None,
+                  weights: Optional[ArrayLike] = None, **options: Any) -> PoseResult:
+    """Camera pose from a scene-coordinate map.
+
+    Args:
+        coords: ``(3, H, W)`` scene coordinates (metres); cell ``(i, j)`` sees pixel
+            ``(stride * j + stride / 2, stride * i + stride / 2)``.
+        K: ``(3, 3)`` intrinsics of the full-resolution image.
+        stride: pixels per cell (8 for DSAC*-style networks).
+        mask: optional ``(H, W)`` bool, False drops a cell (it may then hold NaN).
+        weights: optional ``(H, W)`` non-negative per-cell weights (0 drops a cell); they scale the
+            soft score and the refinement.
+        **options: fields of :class:`RansacOptions` (``num_hypotheses``, ``threshold``, ``adaptive``,
+            ``seed``, ``training``, ...).
+
+    Returns:
+        :class:`PoseResult` with ``inliers`` of shape ``(H, W)``.
+    """
+    opts = _options(options)
+    Kv = _intrinsics(K)
+    pixels, points, w, shape = _map_correspondences(coords, stride, mask, weights)
+    _count_valid(w, points.shape[0], "coords")
+    return _result(_core.ransac(pixels, points, None, w, Kv, opts.to_core()), shape)
+
+
+def estimate_pose_from_points(pixels: ArrayLike, points: ArrayLike, K: ArrayLike, *,
+                              mask: Optional[ArrayLike] = None, weights: Optional[ArrayLike] = None,
+                              **options: Any) -> PoseResult:
+    """Camera pose from explicit correspondences: pixels ``(N, 2)`` and scene points ``(N, 3)``.
+
+    ``mask (N,)`` / ``weights (N,)`` as in :func:`estimate_pose`; ``inliers`` has shape ``(N,)``.
+    """
+    opts = _options(options)
+    Kv = _intrinsics(K)
+    px = _as_float(pixels, "pixels", (None, 2))
+    n = px.shape[0]
+    pts = _as_float(points, "points", (n, 3))
+    w = _combine(_as_mask(mask, "mask", (n,)), _as_weights(weights, "weights", (n,)))
+    valid = None if w is None else w > 0
+    _check_finite(px, valid, "pixels")
+    _check_finite(pts, valid, "points")
+    _count_valid(w, n, "points")
+    return _result(_core.ransac(px, pts, None, w, Kv, opts.to_core()), (n,))
+
+
+def estimate_pose_rgbd(camera_points: ArrayLike, scene_points: ArrayLike, K: ArrayLike, *,
+                       mask: Optional[ArrayLike] = None, weights: Optional[ArrayLike] = None,
+                       **options: Any) -> PoseResult:
+    """Camera pose from RGB-D: camera-frame points vs scene points (DSAC* RGB-D mode).
+
+    Hypotheses come from Kabsch on 3 sampled cells (the 4th must agree); scoring uses the
+    reprojection error at the pixel where each camera point projects; refinement re-fits Kabsch
+    on the inliers.
+
+    Args:
+        camera_points: ``(N, 3)`` or ``(3, H, W)`` points in the camera frame (from depth). Entries
+            with a non-finite or non-positive depth count as missing depth and are dropped.
+        scene_points: matching ``(N, 3)`` or ``(3, H, W)`` scene coordinates.
+        K: ``(3, 3)`` intrinsics (used to place camera points in the image).
+        mask, weights: ``(N,)`` or ``(H, W)``, as in :func:`estimate_pose`.
+    """
+    opts = _options(options)
+    Kv = _intrinsics(K)
+    cam = _to_numpy(camera_points, "camera_points")
+    if cam.ndim == 3:
+        cam_a = _as_float(cam, "camera_points", (3, None, None))
+        shape = cam_a.shape[1:]
+        scene = _as_float(scene_points, "scene_points", (3,) + tuple(shape))
+        cam_a = np.ascontiguousarray(cam_a.reshape(3, -1).T)
+        scene = np.ascontiguousarray(scene.reshape(3, -1).T)
+    else:
+        cam_a = _as_float(cam, "camera_points", (None, 3))
+        shape = (cam_a.shape[0],)
+        scene = _as_float(scene_points, "scene_points", (cam_a.shape[0], 3))
+    n = cam_a.shape[0]
+    m = _as_mask(mask, "mask", shape)
+    wts = _as_weights(weights, "weights", shape)
+    has_depth = np.isfinite(cam_a).all(axis=1) & (np.nan_to_num(cam_a[:, 2], nan=-1.0) > 0)
+    m_flat = has_depth if m is None else (m.reshape(-1) & has_depth)
+    w = _combine(m_flat, None if wts is None else wts.reshape(-1))
+    _check_finite(scene, w > 0, "scene_points")
+    _count_valid(w, n, "camera_points")
+    safe = np.ascontiguousarray(np.where(has_depth[:, None], cam_a, np.array([0.0, 0.0, 1.0])))
+    uv, _ = geometry.project(safe, np.eye(4), geometry.intrinsics_matrix(*Kv))  # camera frame = world here
+    pixels = np.ascontiguousarray(uv)
+    return _result(_core.ransac(pixels, scene, safe, w, Kv, opts.to_core()), tuple(shape))
+
+
+def estimate_pose_batch(coords: ArrayLike, K: ArrayLike, stride: int = 8, *, mask: Optional[ArrayLike] = None,
+                        weights: Optional[ArrayLike] = None, seed: Union[int, Sequence[int]] = 0,
+                        num_threads: int = 0, **options: Any) -> list:
+    """Poses of a batch of coordinate maps, solved in parallel threads (one frame per thread).
+
+    Args:
+        coords: ``(B, 3, H, W)`` scene coordinates.
+        K: ``(3, 3)`` shared or ``(B, 3, 3)`` per-frame intrinsics.
+        mask, weights: optional ``(B, H, W)``.
+        seed: one seed for every frame, or ``B`` seeds; frame ``b`` gives the same result as
+            :func:`estimate_pose` on that frame with its seed.
+        num_threads: threads over frames (0: OpenMP's default).
+        **options: as in :func:`estimate_pose`.
+
+    Returns:
+        list of ``B`` :class:`PoseResult`.
+    """
+    opts = _options(dict(options, seed=int(seed) if np.isscalar(seed) else 0))
+    points = _map_points(coords, "coords", (None,))
+    B, _, H, W = _to_numpy(coords, "coords").shape
+    if B == 0:
+        return []
+    Kn = _to_numpy(K, "K")
+    if Kn.ndim == 2:
+        Kv = np.tile(_intrinsics(Kn), (B, 1))
+    else:
+        if Kn.shape[:1] != (B,):
+            raise ValueError(f"K: expected shape (3, 3) or ({B}, 3, 3), got {tuple(Kn.shape)}")
+        Kv = np.stack([_intrinsics(k, f"K[{b}]") for b, k in enumerate(Kn)])
+    if np.isscalar(seed):
+        seeds = [int(seed)] * B
+    else:
+        seeds = [int(s) for s in seed]
+        if len(seeds) != B:
+            raise ValueError(f"seed: expected {B} seeds, got {len(seeds)}")
+    if any(s < 0 or s >= 2 ** 64 for s in seeds):
+        raise ValueError("seed: seeds must be in [0, 2**64)")
+    stride = _check_stride(stride)
+    m = _as_mask(mask, "mask", (B, H, W))
+    wts = _as_weights(weights, "weights", (B, H, W))
+    w = _combine(None if m is None else m.reshape(B, -1), None if wts is None else wts.reshape(B, -1))
+    for b in range(B):
+        _check_finite(points[b], None if w is None else w[b] > 0, f"coords[{b}]")
+        _count_valid(None if w is None else w[b], H * W, f"coords[{b}]")
+    pixels = np.ascontiguousarray(np.broadcast_to(_pixel_grid(H, W, stride), (B, H * W, 2)))
+    out = _core.ransac_batch(pixels, points, None, w, Kv, seeds, opts.to_core(), int(num_threads))
+    return [_result(d, (H, W)) for d in out]
+
+
+# --------------------------------------------------------------------------- building blocks
+
+def p3p(bearings: ArrayLike, points: ArrayLike) -> list:
+    """Lambda Twist P3P: up to 4 world-to-camera ``(R (3, 3), t (3,))`` solutions.
+
+    Args:
+        bearings: ``(3, 3)``, row k = viewing direction of point k in the camera frame (any length).
+        points: ``(3, 3)``, row k = world point k.
+    """
+    b = _as_float(bearings, "bearings", (3, 3))
+    p = _as_float(points, "points", (3, 3))
+    _check_finite(b, None, "bearings")
+    _check_finite(p, None, "points")
+    return _core.p3p(b, p)
+
+
+def rigid_align(src: ArrayLike, dst: ArrayLike, weights: Optional[ArrayLike] = None) -> Tuple[np.ndarray, np.ndarray]:
+    """Weighted Kabsch: ``(R, t)`` minimising ``sum_k w_k |R src_k + t - dst_k|^2`` for ``(N, 3)`` sets."""
+    s = _as_float(src, "src", (None, 3))
+    d = _as_float(dst, "dst", (s.shape[0], 3))
+    _check_finite(s, None, "src")
+    _check_finite(d, None, "dst")
+    w = _as_weights(weights, "weights", (s.shape[0],))
+    return _core.rigid_align(s, d, w)
+
+
+def refine_pose(pixels: ArrayLike, points: ArrayLike, K: ArrayLike, R: ArrayLike, t: ArrayLike, *,
+                weights: Optional[ArrayLike] = None, threshold: float = 10.0,
+                max_reprojection_error: float = 100.0, rounds: int = 100,
+                lm_iterations: int = 10) -> Tuple[np.ndarray, np.ndarray, int]:
+    """DSAC*-style refinement of a world-to-camera pose on ``(N, 2)`` pixels / ``(N, 3)`` points.
+
+    Returns ``(R, t, n)`` with ``n`` the inliers used by the last fit (0: nothing was fitted).
+    """
+    Kv = _intrinsics(K)
+    px = _as_float(pixels, "pixels", (None, 2))
+    pts = _as_float(points, "points", (px.shape[0], 3))
+    w = _as_weights(weights, "weights", (px.shape[0],))
+    _check_finite(px, None if w is None else w > 0, "pixels")
+    _check_finite(pts, None if w is None else w > 0, "points")
+    return _core.refine_pose(px, pts, None, w, Kv, _as_float(R, "R", (3, 3)), _as_float(t, "t", (3,)),
+                             float(threshold), float(max_reprojection_error), int(rounds), int(lm_iterations))
+
+
+def soft_score(pixels: ArrayLike, points: ArrayLike, K: ArrayLike, R: ArrayLike, t: ArrayLike, *,
+               weights: Optional[ArrayLike] = None, threshold: float = 10.0,
+               max_reprojection_error: float = 100.0) -> Tuple[float, int, np.ndarray]:
+    """``(soft score, hard inlier count, errors (N,))`` of a world-to-camera pose (NaN error = dropped)."""
+    Kv = _intrinsics(K)
+    px = _as_float(pixels, "pixels", (None, 2))
+    pts = _as_float(points, "points", (px.shape[0], 3))
+    w = _as_weights(weights, "weights", (px.shape[0],))
+    _check_finite(px, None if w is None else w > 0, "pixels")
+    _check_finite(pts, None if w is None else w > 0, "points")
+    return _core.soft_score(px, pts, w, Kv, _as_float(R, "R", (3, 3)), _as_float(t, "t", (3,)),
+                            float(threshold), float(max_reprojection_error))

@@ -1,0 +1,150 @@
+"""Scene-coordinate regression: initialisation training (DSAC*'s train_init, with uncertainty)."""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+import torch
+
+from ..losses import InitLossConfig, scr_init_loss, uncertainty_nll
+from ..models.scr import SCRNet
+from .loop import LoopConfig, pick_device, seed_everything, train_loop
+
+KIND = "scr"
+
+
+@dataclass
+class InitConfig:
+    """Settings of ``train_init`` (flag names follow DSAC* where it has them)."""
+
+    scene: str
+    out: str
+    section: str = "train"
+    iterations: int = 100000
+    learningrate: float = 5e-4
+    schedule: str = "onecycle"      # 'onecycle' (short runs, as ACE), 'step' (DSAC*: halve every lrssteps), 'constant'
+    lrssteps: int = 50000
+    batch_size: int = 1
+    loss: InitLossConfig = field(default_factory=InitLossConfig)
+    sparse: bool = False            # targets from init/ (sparse SfM maps) instead of depth
+    uncertainty: bool = False
+    nll_weight: float = 1.0
+    width: float = 1.0
+    norm: str = "group"
+    tiny: bool = False              # DSAC*'s --tiny: width 0.5
+    image_height: Optional[int] = None
+    augment: bool = True
+    seed: int = 0
+    checkpoint_every: int = 1000
+    log_every: int = 10
+    resume: bool = False
+    max_minutes: Optional[float] = None
+    num_workers: int = 0
+    device: Optional[str] = None
+    logdir: Optional[str] = None
+    progress: bool = True
+    root: str = "datasets"
+
+    def network_width(self) -> float:
+        return 0.5 if self.tiny else self.width
+
+
+def build_dataset(cfg: InitConfig):
+    from ..data.scene import SceneDataset
+
+    from ..data import layout
+
+    # Depth gives exact targets at every augmented cell centre; init/ maps can only be looked up
+    # at the nearest original cell (up to half a cell off), so depth wins when both exist.
+    has_depth = (layout.section_dir(layout.resolve_scene(cfg.scene, cfg.root), cfg.section) / "depth").is_dir()
+    targets = "init" if cfg.sparse else ("depth" if has_depth else "auto")
+    return SceneDataset(cfg.scene, cfg.section, mode="scr", augment=cfg.augment, image_height=cfg.image_height,
+                        targets=targets, root=cfg.root, load_depth=False, load_normals=False)
+
+
+def one_cycle(progress: float, warmup: float = 0.05, start: float = 0.04, end: float = 1e-3) -> float:
+    """Learning-rate factor of a one-cycle schedule (as ACE): linear warm-up from ``start`` to 1 over
+    the first ``warmup`` of training, then cosine annealing to ``end``."""
+    if progress < warmup:
+        return start + (1.0 - start) * progress / warmup
+    t = (progress - warmup) / (1.0 - warmup)
+    return end + (1.0 - end) * 0.5 * (1.0 + math.cos(math.pi * min(t, 1.0)))
+
+
+def _scheduler(optimizer: torch.optim.Optimizer, cfg: InitConfig):
+    """A torch scheduler for 'step'; None for 'onecycle' (applied by the loop from progress) and 'constant'."""
+    if cfg.schedule == "onecycle":
+        return None
+    if cfg.schedule == "step":
+        return torch.optim.lr_scheduler.StepLR(optimizer, step_size=cfg.lrssteps, gamma=0.5)
+    if cfg.schedule == "constant":
+        return None
+    raise ValueError(f"--schedule must be onecycle, step or constant, got '{cfg.schedule}'")
+
+
+def train_init(cfg: InitConfig) -> Dict[str, Any]:
+    """Train a coordinate network from scratch; return the loop's summary plus the dataset size."""
+    seed_everything(cfg.seed)
+    device = pick_device(cfg.device)
+    dataset = build_dataset(cfg)
+    if cfg.loss.mode != 0 and dataset.targets == "none":
+        raise ValueError(f"{dataset.section_dir}: mode {cfg.loss.mode} needs depth/ or init/ targets; "
+                         f"use --mode 0 for RGB-only training")
+    # Offsets are regressed from the mean camera position (DSAC*): a cheap, robust scene centre.
+    scene_center = dataset.poses[:, :3, 3].mean(axis=0)
+    net = SCRNet(scene_center=scene_center, width=cfg.network_width(), uncertainty=cfg.uncertainty,
+                 norm=cfg.norm).to(device)
+    optimizer = torch.optim.Adam(net.parameters(), lr=cfg.learningrate)
+    scheduler = _scheduler(optimizer, cfg)
+
+    def step(batch: Dict[str, Any], iteration: int) -> Dict[str, torch.Tensor]:
+        image = batch["image"].to(device)
+        pose = batch["pose"].to(device).double()
+        K = batch["K"].to(device).double()
+        target = batch["coords"].to(device) if "coords" in batch else None
+        mask = batch["mask"].to(device) if "mask" in batch else None
+        coords, sigma = net(image)
+        loss, stats = scr_init_loss(coords.double(), pose, K, None if target is None else target.double(), mask, cfg.loss)
+        metrics = {"loss_coords": loss.detach(), "valid": stats["valid"]}
+        if "coord_error" in stats:
+            metrics["coord_error"] = stats["coord_error"]
+        if cfg.uncertainty and mask is not None:
+            # coords are detached (and the sigma head sees detached features): sigma learns to
+            # predict the coordinates' error without the 1/sigma^2 weighting slowing their regression
+            nll = uncertainty_nll(coords.detach(), sigma, target, mask)
+            loss = loss + cfg.nll_weight * nll
+            metrics["nll"] = nll.detach()
+        metrics["loss"] = loss.float()
+        return metrics
+
+    options = {**net.options(), "image_height": cfg.image_height, "mode": cfg.loss.mode, "sparse": cfg.sparse,
+               "trained_on": {"scene": str(dataset.scene_dir), "section": cfg.section, "frames": len(dataset)},
+               "train_init": {k: v for k, v in asdict(cfg).items() if k not in ("scene", "out")}}
+    loop_cfg = LoopConfig(out=Path(cfg.out), kind=KIND, options=options, iterations=cfg.iterations,
+                          batch_size=cfg.batch_size, seed=cfg.seed, checkpoint_every=cfg.checkpoint_every,
+                          log_every=cfg.log_every, logdir=Path(cfg.logdir) if cfg.logdir else None, resume=cfg.resume,
+                          max_minutes=cfg.max_minutes, num_workers=cfg.num_workers, progress=cfg.progress,
+                          lr_schedule=one_cycle if cfg.schedule == "onecycle" else None)
+    summary = train_loop(net, optimizer, dataset, step, loop_cfg, scheduler)
+    summary["frames"] = len(dataset)
+    summary["network"] = net
+    return summary
+
+
+def load_network(path, device: Optional[str] = None) -> tuple:
+    """``(SCRNet in eval mode, checkpoint options)`` from a train_init / train_e2e checkpoint."""
+    from .checkpoint import load_checkpoint
+
+    ckpt = load_checkpoint(path, KIND)
+    net = SCRNet.from_options(ckpt["options"])
+    try:
+        net.load_state_dict(ckpt["model"])
+    except RuntimeError as exc:
+        raise ValueError(f"{path}: weights do not match the network its options describe ({exc})") from None
+    net.to(pick_device(device)).eval()
+    return net, ckpt["options"]
+
+
+__all__ = ["InitConfig", "train_init", "load_network"]
