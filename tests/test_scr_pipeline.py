@@ -109,3 +109,11 @@ def test_clear_errors(scene, tmp_path, capsys):
     assert "scene" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         cli._run("train_init", [str(scene / "pair"), str(tmp_path / "x.net"), "--iterations", "-3"])
+
+
+def test_batches_of_augmented_frames_stack(scene, tmp_path):
+    # augmentation zooms change the image size; batches > 1 need one fixed size
+    net = tmp_path / "b.net"
+    assert cli._run("train_init", [str(scene / "tiny"), str(net), "--section", "train_sim", "--batch_size", "3",
+                                   "--iterations", "2", "--width", "0.25", "--image_height", "96"]) == 0
+    assert torch.load(net, weights_only=False)["iteration"] == 2

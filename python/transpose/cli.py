@@ -84,6 +84,15 @@ def train_init_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=0, help="data loader worker processes")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--logdir", default=None, help="TensorBoard + CSV logs (default: <network>_log/)")
+    g = p.add_argument_group("TransPose sim-to-real (--section may list several: train_sim,train_real)")
+    g.add_argument("--contrastive", type=float, default=0.0, metavar="WEIGHT",
+                   help="weight of the supervised contrastive loss on mined sim/real pairs (0: off)")
+    g.add_argument("--temperature", type=_positive(float, "--temperature"), default=0.07, help="SupCon temperature")
+    g.add_argument("--task", choices=("coords", "depth", "normal"), default="coords",
+                   help="what to regress: scene coordinates, or a depth / normal network for --mlr")
+    g.add_argument("--mlr", default=None, help="fuse frozen task networks, e.g. depth,normal")
+    g.add_argument("--mlr_nets", default=None,
+                   help="their checkpoints, comma-separated (default: <network folder>/<task>.net)")
     return p
 
 
@@ -103,10 +112,14 @@ def _init_config_from_args(args: argparse.Namespace):
 
 
 def run_train_init(args: argparse.Namespace) -> Dict:
+    from .train import transfer
     from .train.distributed import is_main_process
     from .train.scr import train_init as _train
 
-    cfg = _init_config_from_args(args)
+    if transfer.uses_transfer(args):
+        cfg, _train = transfer.config_from_args(args), transfer.train_transfer
+    else:
+        cfg = _init_config_from_args(args)
     summary = _train(cfg)
     m = summary["metrics"]
     if is_main_process():
@@ -262,7 +275,7 @@ def run_demo(args: argparse.Namespace) -> Dict:
         str(scene_dir), str(network), "--section", "train_sim", "--uncertainty", "--iterations",
         str(args.iterations), "--max_minutes", str(minutes), "--image_height", str(args.image_height),
         "--width", str(args.width), "--seed", str(args.seed), "--checkpoint_every", "500", "--resume",
-        "--learningrate", "1e-3"])
+        "--learningrate", "2e-3"])
     t1 = time.time()
     run_train_init(train_args)
     t_train = time.time() - t1

@@ -4,7 +4,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Tuple
 
 import torch
 
@@ -51,17 +51,42 @@ class InitConfig:
         return 0.5 if self.tiny else self.width
 
 
-def build_dataset(cfg: InitConfig):
-    from ..data.scene import SceneDataset
+def output_size_for(scene_dir, section: str, image_height: Optional[int]) -> Tuple[int, int]:
+    """``(H, W)`` every frame is brought to so that batches stack: the first frame's size after resizing."""
+    from PIL import Image
 
     from ..data import layout
 
-    # Depth gives exact targets at every augmented cell centre; init/ maps can only be looked up
-    # at the nearest original cell (up to half a cell off), so depth wins when both exist.
-    has_depth = (layout.section_dir(layout.resolve_scene(cfg.scene, cfg.root), cfg.section) / "depth").is_dir()
+    images = layout.index_folder(layout.section_dir(scene_dir, section) / "rgb", layout.IMAGE_EXTS)
+    if not images:
+        raise ValueError(f"{layout.section_dir(scene_dir, section) / 'rgb'}: no images found")
+    with Image.open(next(iter(images.values()))) as im:
+        W, H = im.size
+    if image_height is None:
+        return H, W
+    return int(image_height), max(1, int(round(W * image_height / H)))
+
+
+def build_dataset(cfg: InitConfig, section: Optional[str] = None, output_size: Optional[Tuple[int, int]] = None,
+                  load_normals: bool = False):
+    """The SceneDataset of ``section`` (default ``cfg.section``) for coordinate training.
+
+    Depth gives exact targets at every augmented cell centre; init/ maps can only be looked up at
+    the nearest original cell (up to half a cell off), so depth wins when both exist. Batches of
+    more than one image need one fixed image size (augmentation zooms change it otherwise).
+    """
+    from ..data import layout
+    from ..data.scene import SceneDataset
+
+    section = section or cfg.section
+    scene_dir = layout.resolve_scene(cfg.scene, cfg.root)
+    has_depth = (layout.section_dir(scene_dir, section) / "depth").is_dir()
     targets = "init" if cfg.sparse else ("depth" if has_depth else "auto")
-    return SceneDataset(cfg.scene, cfg.section, mode="scr", augment=cfg.augment, image_height=cfg.image_height,
-                        targets=targets, root=cfg.root, load_depth=False, load_normals=False)
+    if output_size is None and cfg.batch_size > 1:
+        output_size = output_size_for(scene_dir, section, cfg.image_height)
+    return SceneDataset(scene_dir, section, mode="scr", augment=cfg.augment, image_height=cfg.image_height,
+                        output_size=output_size, targets=targets, root=cfg.root, load_depth=False,
+                        load_normals=load_normals)
 
 
 def one_cycle(progress: float, warmup: float = 0.05, start: float = 0.04, end: float = 1e-3) -> float:
@@ -134,17 +159,24 @@ def train_init(cfg: InitConfig) -> Dict[str, Any]:
 
 
 def load_network(path, device: Optional[str] = None) -> tuple:
-    """``(SCRNet in eval mode, checkpoint options)`` from a train_init / train_e2e checkpoint."""
+    """``(network in eval mode, checkpoint options)`` of any coordinate checkpoint (train_init,
+    train_e2e, or TransPose's NCE / MLR networks, whose options say ``transpose``)."""
     from .checkpoint import load_checkpoint
 
     ckpt = load_checkpoint(path, KIND)
-    net = SCRNet.from_options(ckpt["options"])
+    options = ckpt["options"]
+    if options.get("transpose"):
+        from ..models.heads import TransposeNet
+
+        net = TransposeNet.from_options(options)
+    else:
+        net = SCRNet.from_options(options)
     try:
         net.load_state_dict(ckpt["model"])
     except RuntimeError as exc:
         raise ValueError(f"{path}: weights do not match the network its options describe ({exc})") from None
     net.to(pick_device(device)).eval()
-    return net, ckpt["options"]
+    return net, options
 
 
 __all__ = ["InitConfig", "train_init", "load_network"]
