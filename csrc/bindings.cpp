@@ -13,6 +13,7 @@
 #include <omp.h>
 #endif
 
+#include "core/derivatives.h"
 #include "core/frame.h"
 #include "core/kabsch.h"
 #include "core/p3p.h"
@@ -331,6 +332,118 @@ py::tuple score_py(const Array& pixels, const Array& points, const py::object& w
   return py::make_tuple(so.score, so.inliers, errs);
 }
 
+// ---------------------------------------------------------------- end-to-end training (DSAC* loss)
+
+py::list dsac_loss_batch_py(const Array& pixels, const Array& points, const py::object& camera_points,
+                            const py::object& weights, const Array& K, const Array& gt_R, const Array& gt_t,
+                            const std::vector<uint64_t>& seeds, const py::dict& opts, double weight_rot,
+                            double weight_trans, double cut, double min_probability, bool gradient,
+                            int polish_iterations, int num_threads) {
+  const auto dims = expect_shape(pixels, "pixels", {-1, -1, 2});
+  const py::ssize_t B = dims[0], n = dims[1];
+  expect_shape(points, "points", {B, n, 3});
+  expect_shape(K, "K", {B, 4});
+  expect_shape(gt_R, "gt_R", {B, 3, 3});
+  expect_shape(gt_t, "gt_t", {B, 3});
+  if (static_cast<py::ssize_t>(seeds.size()) != B) throw py::value_error("seeds: expected one seed per frame");
+  if (!(weight_rot >= 0.0) || !(weight_trans >= 0.0) || !(cut > 0.0) || !(min_probability >= 0.0) ||
+      polish_iterations < 0)
+    throw py::value_error("dsac_loss: need weight_rot >= 0, weight_trans >= 0, cut > 0, min_probability >= 0");
+  Array cam_holder, w_holder;
+  const double* cam = nullptr;
+  if (!camera_points.is_none()) {
+    cam_holder = Array::ensure(camera_points);
+    if (!cam_holder) throw py::value_error("camera_points: expected a float array");
+    expect_shape(cam_holder, "camera_points", {B, n, 3});
+    cam = cam_holder.data();
+  }
+  const double* w = nullptr;
+  if (!weights.is_none()) {
+    w_holder = Array::ensure(weights);
+    if (!w_holder) throw py::value_error("weights: expected a float array");
+    expect_shape(w_holder, "weights", {B, n});
+    w = w_holder.data();
+  }
+  DsacOptions o;
+  o.ransac = options_from(opts);
+  o.ransac.training = true;
+  o.loss.weight_rot = weight_rot;
+  o.loss.weight_trans = weight_trans;
+  o.loss.cut = cut;
+  o.min_probability = min_probability;
+  o.gradient = gradient;
+  o.polish_iterations = polish_iterations;
+  std::vector<DsacResult> results;
+  {
+    py::gil_scoped_release release;
+    std::vector<Frame> frames(static_cast<size_t>(B));
+    std::vector<int> status(static_cast<size_t>(B), kOk);
+    std::vector<Pose> gts(static_cast<size_t>(B));
+    for (py::ssize_t b = 0; b < B; ++b) {
+      const double* k = K.data() + 4 * b;
+      Intrinsics in;
+      in.fx = k[0];
+      in.fy = k[1];
+      in.cx = k[2];
+      in.cy = k[3];
+      status[static_cast<size_t>(b)] =
+          build_frame(pixels.data() + 2 * n * b, points.data() + 3 * n * b, cam ? cam + 3 * n * b : nullptr,
+                      w ? w + n * b : nullptr, static_cast<int>(n), in, frames[static_cast<size_t>(b)]);
+      std::copy(gt_R.data() + 9 * b, gt_R.data() + 9 * b + 9, gts[static_cast<size_t>(b)].R);
+      std::copy(gt_t.data() + 3 * b, gt_t.data() + 3 * b + 3, gts[static_cast<size_t>(b)].t);
+    }
+    dsac_loss_batch(frames, status, cam ? Model::kRigid : Model::kPnP, o, gts, seeds, num_threads, results);
+  }
+  py::list out;
+  for (const DsacResult& r : results) {
+    py::dict d;
+    d["status"] = r.status;
+    d["message"] = std::string(status_message(r.status));
+    d["loss"] = r.loss;
+    if (r.status == kOk) {
+      const py::ssize_t M = static_cast<py::ssize_t>(r.logits.size());
+      auto vec = [](const std::vector<double>& v) {
+        py::array_t<double> a(static_cast<py::ssize_t>(v.size()));
+        std::copy(v.begin(), v.end(), a.mutable_data());
+        return a;
+      };
+      d["logits"] = vec(r.logits);
+      d["probabilities"] = vec(r.probabilities);
+      d["losses"] = vec(r.losses);
+      d["hypotheses_R"] = poses_R(r.hypotheses);
+      d["hypotheses_t"] = poses_t(r.hypotheses);
+      d["refined_R"] = poses_R(r.refined);
+      d["refined_t"] = poses_t(r.refined);
+      py::array_t<int> samples({M, py::ssize_t(4)});
+      std::copy(r.samples.begin(), r.samples.end(), samples.mutable_data());
+      d["samples"] = samples;
+      py::array_t<int> used(M);
+      std::copy(r.inliers_used.begin(), r.inliers_used.end(), used.mutable_data());
+      d["inliers_used"] = used;
+      d["backward_hypotheses"] = r.backward_hypotheses;
+      if (gradient) {
+        py::array_t<double> g({n, py::ssize_t(3)});
+        std::copy(r.grad.begin(), r.grad.end(), g.mutable_data());
+        d["grad"] = g;
+      }
+    }
+    out.append(d);
+  }
+  return out;
+}
+
+py::tuple pose_loss_py(const Array& R, const Array& t, const Array& gt_R, const Array& gt_t, double weight_rot,
+                       double weight_trans, double cut) {
+  const Pose est = pose_from(R, t), gt = pose_from(gt_R, gt_t);
+  PoseLossParams p;
+  p.weight_rot = weight_rot;
+  p.weight_trans = weight_trans;
+  p.cut = cut;
+  py::array_t<double> grad(6);
+  const double loss = pose_loss(est, gt, p, grad.mutable_data());
+  return py::make_tuple(loss, grad);
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_core, m) {
@@ -360,4 +473,15 @@ PYBIND11_MODULE(_core, m) {
         py::arg("K"), py::arg("R"), py::arg("t"), py::arg("threshold") = 10.0,
         py::arg("max_reprojection_error") = 100.0,
         "Soft inlier score, hard inlier count and per-correspondence reprojection errors (N,) of a pose.");
+  m.def("dsac_loss_batch", &dsac_loss_batch_py, py::arg("pixels"), py::arg("points"),
+        py::arg("camera_points") = py::none(), py::arg("weights") = py::none(), py::arg("K"), py::arg("gt_R"),
+        py::arg("gt_t"), py::arg("seeds"), py::arg("options") = py::dict(), py::arg("weight_rot") = 1.0,
+        py::arg("weight_trans") = 100.0, py::arg("cut") = 100.0, py::arg("min_probability") = 1e-6,
+        py::arg("gradient") = true, py::arg("polish_iterations") = 2, py::arg("num_threads") = 0,
+        "DSAC* expected pose loss of B frames and its gradient w.r.t. the scene points: pixels (B, N, 2), "
+        "points (B, N, 3), K (B, 4), gt_R (B, 3, 3), gt_t (B, 3) world-to-camera -> list of dicts "
+        "(loss, grad (N, 3), logits, probabilities, losses, ...; status != 0 for a failed frame).");
+  m.def("pose_loss", &pose_loss_py, py::arg("R"), py::arg("t"), py::arg("gt_R"), py::arg("gt_t"),
+        py::arg("weight_rot") = 1.0, py::arg("weight_trans") = 100.0, py::arg("cut") = 100.0,
+        "DSAC* pose loss of world-to-camera poses -> (loss, d loss / d(w, dt) (6,) left perturbation).");
 }

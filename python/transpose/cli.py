@@ -129,6 +129,66 @@ def run_train_init(args: argparse.Namespace) -> Dict:
     return summary
 
 
+# --------------------------------------------------------------------------- train_e2e
+
+
+def train_e2e_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="train_e2e.py", description="Fine-tune a train_init network end-to-end "
+                                "through differentiable RANSAC (DSAC*'s expected pose loss).")
+    _add_scene_args(p)
+    p.add_argument("network_in", help="train_init checkpoint to start from")
+    p.add_argument("network", help="output checkpoint (e.g. e2e.net); --resume continues it")
+    p.add_argument("--section", default="train", help="section to train on (default: train)")
+    p.add_argument("--mode", "-m", type=int, choices=(1, 2), default=1,
+                   help="1: RGB (PnP hypotheses), 2: RGB-D (Kabsch hypotheses on depth) (default 1)")
+    p.add_argument("--iterations", "-iter", type=_positive(int, "--iterations"), default=100000)
+    p.add_argument("--learningrate", "-lr", type=_positive(float, "--learningrate"), default=1e-6)
+    p.add_argument("--hypotheses", "-hyps", type=_positive(int, "--hypotheses"), default=64)
+    p.add_argument("--threshold", "-t", type=_positive(float, "--threshold"), default=10.0, help="inlier threshold (px)")
+    p.add_argument("--inlieralpha", "-ia", type=_positive(float, "--inlieralpha"), default=100.0)
+    p.add_argument("--maxpixelerror", "-maxerrr", type=_positive(float, "--maxpixelerror"), default=100.0)
+    p.add_argument("--weightrot", "-wr", type=float, default=1.0, help="pose loss per degree (default 1)")
+    p.add_argument("--weighttrans", "-wt", type=float, default=100.0, help="pose loss per metre (default 100)")
+    p.add_argument("--softclamp", "-sc", type=_positive(float, "--softclamp"), default=100.0,
+                   help="pose loss above this becomes sqrt(softclamp * loss) (default 100)")
+    p.add_argument("--min_probability", type=float, default=1e-6,
+                   help="hypotheses less likely than this are skipped in the backward pass")
+    p.add_argument("--augment", choices=("none", "photometric", "full"), default="photometric",
+                   help="photometric: brightness / contrast; full: also scale and rotation (default photometric)")
+    p.add_argument("--image_height", type=_positive(int, "--image_height"), default=None,
+                   help="default: the initial network's")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--checkpoint_every", type=_positive(int, "--checkpoint_every"), default=1000)
+    p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in <network>")
+    p.add_argument("--max_minutes", type=float, default=None, help="stop (and save) after this wall-clock time")
+    p.add_argument("--workers", type=int, default=0, help="data loader worker processes")
+    p.add_argument("--threads", type=int, default=0, help="RANSAC threads (default: all)")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--logdir", default=None, help="TensorBoard + CSV logs (default: <network>_log/)")
+    return p
+
+
+def run_train_e2e(args: argparse.Namespace) -> Dict:
+    from .train.distributed import is_main_process
+    from .train.e2e import E2EConfig, train_e2e as _train
+
+    cfg = E2EConfig(scene=args.scene, init=args.network_in, out=args.network, section=args.section, mode=args.mode,
+                    iterations=args.iterations, learningrate=args.learningrate, hypotheses=args.hypotheses,
+                    threshold=args.threshold, inlieralpha=args.inlieralpha, maxpixelerror=args.maxpixelerror,
+                    weightrot=args.weightrot, weighttrans=args.weighttrans, softclamp=args.softclamp,
+                    min_probability=args.min_probability, augment=args.augment, image_height=args.image_height,
+                    seed=args.seed, checkpoint_every=args.checkpoint_every, resume=args.resume,
+                    max_minutes=args.max_minutes, num_workers=args.workers, threads=args.threads,
+                    device=args.device, logdir=args.logdir, root=args.root)
+    summary = _train(cfg)
+    m = summary["metrics"]
+    if is_main_process():
+        print(f"trained {summary['iterations']} iterations in {summary['seconds']:.0f} s "
+              f"({m.get('it_per_s', float('nan')):.2f} it/s) on {summary['frames']} frames; "
+              f"last expected pose loss {m.get('loss', float('nan')):.4g}; saved {cfg.out}")
+    return summary
+
+
 # --------------------------------------------------------------------------- test
 
 
@@ -468,6 +528,7 @@ def run_apr(args: argparse.Namespace) -> Dict:
 
 COMMANDS: Dict[str, tuple] = {
     "train_init": (train_init_parser, run_train_init),
+    "train_e2e": (train_e2e_parser, run_train_e2e),
     "test": (test_parser, run_test),
     "visualize": (visualize_parser, run_visualize),
     "demo": (demo_parser, run_demo),
@@ -506,6 +567,10 @@ def main(argv: Optional[List[str]] = None) -> None:
 
 def train_init(argv: Optional[List[str]] = None) -> None:
     sys.exit(_run("train_init", argv))
+
+
+def train_e2e(argv: Optional[List[str]] = None) -> None:
+    sys.exit(_run("train_e2e", argv))
 
 
 def test(argv: Optional[List[str]] = None) -> None:

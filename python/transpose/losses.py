@@ -363,3 +363,24 @@ def laplace_nll(error: torch.Tensor, scale: torch.Tensor, mask: Optional[torch.T
     if not mask.any():
         return (error * 0).sum() + (scale * 0).sum()
     return nll[mask].mean()
+
+
+# --------------------------------------------------------------------------- pose loss (DSAC* end-to-end)
+
+def dsac_pose_loss(T_est_c2w: torch.Tensor, T_gt_c2w: torch.Tensor, weight_rot: float = 1.0,
+                   weight_trans: float = 100.0, cut: float = 100.0) -> torch.Tensor:
+    """DSAC*'s pose loss per pose ``(...)``: ``weight_rot * degrees + weight_trans * metres``
+    (rotation angle and camera-centre distance), soft-clamped to ``sqrt(cut * loss)`` above ``cut``.
+
+    Args:
+        T_est_c2w, T_gt_c2w: ``(..., 4, 4)`` camera-to-world poses.
+
+    The native core (:func:`transpose.ransac.dsac_loss`) computes the same loss in C++; this torch
+    version is its reference (and usable on any differentiable pose).
+    """
+    from .geometry import rotation_error_deg_torch
+
+    rot = rotation_error_deg_torch(T_est_c2w[..., :3, :3], T_gt_c2w[..., :3, :3])
+    trans = (T_est_c2w[..., :3, 3] - T_gt_c2w[..., :3, 3]).norm(dim=-1)
+    raw = weight_rot * rot + weight_trans * trans
+    return torch.where(raw > cut, torch.sqrt(cut * raw.clamp_min(cut)), raw)

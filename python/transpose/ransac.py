@@ -13,6 +13,9 @@ Pose estimation from 2D-3D correspondences in the DSAC* style:
   ``confidence`` (capped by ``max_iterations``), for low inlier ratios;
 - refinement re-collects inliers (error < ``threshold``) and re-fits (Levenberg-Marquardt on the
   reprojection error, or weighted Kabsch for RGB-D) until their count stops growing.
+- end-to-end training: :func:`dsac_loss` (torch autograd) / :func:`dsac_loss_numpy` give DSAC*'s
+  expected pose loss over the hypotheses and its analytic gradient with respect to every scene
+  coordinate (see ``csrc/core/derivatives.h``).
 
 Poses follow :mod:`transpose.geometry`: ``R, t`` map world to camera (``x_cam = R X + t``) and
 ``pose`` is the camera-to-world 4x4. A seed gives the same pose on every call and for any thread
@@ -463,3 +466,169 @@ def soft_score(pixels: ArrayLike, points: ArrayLike, K: ArrayLike, R: ArrayLike,
     _check_finite(pts, None if w is None else w > 0, "points")
     return _core.soft_score(px, pts, w, Kv, _as_float(R, "R", (3, 3)), _as_float(t, "t", (3,)),
                             float(threshold), float(max_reprojection_error))
+
+
+# --------------------------------------------------------------------------- end-to-end training (DSAC* loss)
+
+def _dsac_frames(coords: np.ndarray, K: ArrayLike, stride: int, mask: Optional[ArrayLike],
+                 weights: Optional[ArrayLike], camera_coords: Optional[ArrayLike]):
+    """Flatten ``(B, 3, H, W)`` maps for the core: pixels, points, camera points, weights, K ``(B, 4)``."""
+    B, _, H, W = coords.shape
+    points = _map_points(coords, "coords", (None,))
+    Kn = _to_numpy(K, "K")
+    if Kn.ndim == 2:
+        Kv = np.tile(_intrinsics(Kn), (B, 1))
+    elif Kn.ndim == 3 and Kn.shape[0] == B:
+        Kv = np.stack([_intrinsics(k, f"K[{b}]") for b, k in enumerate(Kn)])
+    else:
+        raise ValueError(f"K: expected shape (3, 3) or ({B}, 3, 3), got {tuple(Kn.shape)}")
+    m = _as_mask(mask, "mask", (B, H, W))
+    wts = _as_weights(weights, "weights", (B, H, W))
+    w = _combine(None if m is None else m.reshape(B, -1), None if wts is None else wts.reshape(B, -1))
+    cam = None
+    if camera_coords is None:
+        pixels = np.ascontiguousarray(np.broadcast_to(_pixel_grid(H, W, _check_stride(stride)), (B, H * W, 2)))
+    else:
+        cam = _map_points(camera_coords, "camera_coords", (B,))
+        if cam.shape != points.shape:
+            raise ValueError(f"camera_coords: expected shape {(B, 3, H, W)}, got {_to_numpy(camera_coords, 'camera_coords').shape}")
+        has_depth = np.isfinite(cam).all(axis=-1) & (np.nan_to_num(cam[..., 2], nan=-1.0) > 0)
+        w = np.where(has_depth, 1.0 if w is None else w, 0.0)
+        cam = np.ascontiguousarray(np.where(has_depth[..., None], cam, np.array([0.0, 0.0, 1.0])))
+        # scoring compares the reprojected scene point with the pixel where the camera point projects
+        pixels = np.stack([cam[..., 0] / cam[..., 2] * Kv[:, None, 0] + Kv[:, None, 2],
+                           cam[..., 1] / cam[..., 2] * Kv[:, None, 1] + Kv[:, None, 3]], axis=-1)
+        pixels = np.ascontiguousarray(pixels)
+    for b in range(B):
+        _check_finite(points[b], None if w is None else w[b] > 0, f"coords[{b}]")
+        _count_valid(None if w is None else w[b], H * W, f"coords[{b}]")
+    return pixels, points, cam, None if w is None else np.ascontiguousarray(w, dtype=np.float64), Kv
+
+
+def dsac_loss_numpy(coords: ArrayLike, K: ArrayLike, gt_pose: ArrayLike, stride: int = 8, *,
+                    mask: Optional[ArrayLike] = None, weights: Optional[ArrayLike] = None,
+                    camera_coords: Optional[ArrayLike] = None, seed: Union[int, Sequence[int]] = 0,
+                    weight_rot: float = 1.0, weight_trans: float = 100.0, cut: float = 100.0,
+                    min_probability: float = 1e-6, gradient: bool = True, polish_iterations: int = 2,
+                    num_threads: int = 0, **options: Any) -> Tuple[np.ndarray, Optional[np.ndarray], list]:
+    """DSAC*'s expected pose loss per frame and its gradient, without torch.
+
+    Args:
+        coords: ``(B, 3, H, W)`` scene coordinates.
+        K: ``(3, 3)`` or ``(B, 3, 3)``; gt_pose: ``(4, 4)`` or ``(B, 4, 4)`` camera-to-world.
+        camera_coords: RGB-D, ``(B, 3, H, W)`` camera-frame points (cells without depth: z <= 0 or NaN).
+        seed: one seed or ``B`` seeds (frame ``b`` draws its hypotheses as ``estimate_pose`` in
+            training mode with that seed).
+        weight_rot, weight_trans, cut: the pose loss (per degree, per metre, soft clamp).
+        min_probability: hypotheses less likely than this are left out of the gradient.
+        **options: RANSAC options (``num_hypotheses``, ``threshold``, ``alpha``, ...).
+
+    Returns:
+        ``(losses (B,), grad (B, 3, H, W) of each frame's loss or None, infos)``; a frame where no
+        hypothesis could be drawn has loss 0, gradient 0 and ``info["status"] != 0``.
+    """
+    arr = _to_numpy(coords, "coords")
+    if arr.ndim != 4 or arr.shape[1] != 3:
+        raise ValueError(f"coords: expected shape (B, 3, H, W), got {tuple(arr.shape)}")
+    B, _, H, W = arr.shape
+    opts = _options(dict(options, training=True))
+    core_opts = opts.to_core()
+    core_opts["refine_all"] = True
+    pixels, points, cam, w, Kv = _dsac_frames(arr, K, stride, mask, weights, camera_coords)
+    gt = _to_numpy(gt_pose, "gt_pose").astype(np.float64)
+    if gt.shape == (4, 4):
+        gt = np.broadcast_to(gt, (B, 4, 4))
+    if gt.shape != (B, 4, 4) or not np.isfinite(gt).all():
+        raise ValueError(f"gt_pose: expected finite (4, 4) or ({B}, 4, 4) poses, got {tuple(gt.shape)}")
+    w2c = geometry.invert_pose(np.ascontiguousarray(gt))
+    seeds = [int(seed)] * B if np.isscalar(seed) else [int(s) for s in seed]
+    if len(seeds) != B:
+        raise ValueError(f"seed: expected {B} seeds, got {len(seeds)}")
+    out = _core.dsac_loss_batch(pixels, points, cam, w, Kv, np.ascontiguousarray(w2c[:, :3, :3]),
+                                np.ascontiguousarray(w2c[:, :3, 3]), seeds, core_opts, float(weight_rot),
+                                float(weight_trans), float(cut), float(min_probability), bool(gradient),
+                                int(polish_iterations), int(num_threads))
+    losses = np.array([d["loss"] if d["status"] == 0 else 0.0 for d in out])
+    grad = None
+    if gradient:
+        grad = np.zeros((B, 3, H, W))
+        for b, d in enumerate(out):
+            if d["status"] == 0:
+                grad[b] = d["grad"].T.reshape(3, H, W)
+    return losses, grad, out
+
+
+def _torch():
+    import torch
+
+    return torch
+
+
+def dsac_loss(coords: "torch.Tensor", K: ArrayLike, gt_pose: ArrayLike, stride: int = 8, *,
+              return_info: bool = False, **kwargs: Any):
+    """Differentiable DSAC* loss: mean over the batch of the expected pose loss ``sum_h p_h l_h``.
+
+    ``coords`` is a ``(B, 3, H, W)`` (or ``(3, H, W)``) torch tensor; the result is a scalar
+    tensor whose backward pass gives the analytic gradient computed by the native core (through
+    the soft-inlier scores, the softmax, the minimal solver and the refined poses). The core runs
+    in float64 on the CPU; the gradient comes back in ``coords``' dtype and device. Keyword
+    arguments are those of :func:`dsac_loss_numpy`. ``return_info=True`` also returns the
+    per-frame dicts (logits, probabilities, per-hypothesis losses, refined poses, status).
+    """
+    torch = _torch()
+    if not torch.is_tensor(coords):
+        raise ValueError("coords: expected a torch tensor (use dsac_loss_numpy for numpy arrays)")
+    single = coords.dim() == 3
+    batch = coords.unsqueeze(0) if single else coords
+    if single:
+        gt = _to_numpy(gt_pose, "gt_pose")
+        kwargs = dict(kwargs)
+        for key in ("mask", "weights", "camera_coords"):
+            if kwargs.get(key) is not None:
+                kwargs[key] = _to_numpy(kwargs[key], key)[None]
+        gt_pose = gt[None] if gt.ndim == 2 else gt
+    info: list = []
+    loss = _DsacLossFunction.apply(batch, (K, gt_pose, stride, kwargs, info))
+    return (loss, info) if return_info else loss
+
+
+def _make_function():
+    torch = _torch()
+
+    class DsacLossFunction(torch.autograd.Function):
+        """Forward: the core's expected loss (and gradient, kept for backward); backward: scale it."""
+
+        @staticmethod
+        def forward(ctx, coords, args):
+            K, gt_pose, stride, kwargs, info = args
+            need = bool(ctx.needs_input_grad[0])  # forward-only when nothing asks for the gradient
+            losses, grad, out = dsac_loss_numpy(coords.detach().cpu().double().numpy(), K, gt_pose, stride,
+                                                gradient=need, **kwargs)
+            info.extend(out)
+            B = coords.shape[0]
+            if need:
+                ctx.save_for_backward(torch.from_numpy(grad / B).to(device=coords.device, dtype=coords.dtype))
+            return coords.new_tensor(float(losses.sum() / B))
+
+        @staticmethod
+        def backward(ctx, grad_output):
+            (g,) = ctx.saved_tensors
+            return grad_output * g, None
+
+    return DsacLossFunction
+
+
+class _LazyFunction:
+    """Builds the autograd Function on first use, so importing this module does not import torch."""
+
+    _fn = None
+
+    @classmethod
+    def apply(cls, *args):
+        if cls._fn is None:
+            cls._fn = _make_function()
+        return cls._fn.apply(*args)
+
+
+_DsacLossFunction = _LazyFunction
+__all__ += ["dsac_loss", "dsac_loss_numpy"]
