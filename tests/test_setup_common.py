@@ -4,7 +4,6 @@ import io as pyio
 import tarfile
 import threading
 import zipfile
-from pathlib import Path
 
 import numpy as np
 import pytest

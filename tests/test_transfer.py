@@ -3,11 +3,11 @@ import numpy as np
 import pytest
 import torch
 
-from transpose import cli, geometry
+from transpose import cli
 from transpose.data import layout
 from transpose.data.overlap import MiningConfig, mine_scene
 from transpose.data.pairs import ROLE_ANCHOR, ROLE_NEGATIVE, ROLE_POSITIVE, ContrastiveCollate, ContrastiveGroups
-from transpose.models.heads import MLRFusion, ProjectionHead, TaskNet, TransposeNet, task_names
+from transpose.models.heads import ProjectionHead, TaskNet, TransposeNet, task_names
 from transpose.models.scr import SCRNet
 from transpose.train.checkpoint import load_checkpoint
 from transpose.train.logger import read_csv_log

@@ -112,15 +112,14 @@ def _init_config_from_args(args: argparse.Namespace):
 
 
 def run_train_init(args: argparse.Namespace) -> Dict:
-    from .train import transfer
+    from .train import scr, transfer
     from .train.distributed import is_main_process
-    from .train.scr import train_init as _train
 
-    if transfer.uses_transfer(args):
-        cfg, _train = transfer.config_from_args(args), transfer.train_transfer
+    if transfer.uses_transfer(args):  # several sections, --contrastive, --task or --mlr
+        cfg, trainer = transfer.config_from_args(args), transfer.train_transfer
     else:
-        cfg = _init_config_from_args(args)
-    summary = _train(cfg)
+        cfg, trainer = _init_config_from_args(args), scr.train_init
+    summary = trainer(cfg)
     m = summary["metrics"]
     if is_main_process():
         print(f"trained {summary['iterations']} iterations in {summary['seconds']:.0f} s "

@@ -366,11 +366,8 @@ def train_apr(cfg: AprTrainConfig) -> Dict[str, Any]:
             metrics["s_x"], metrics["s_q"] = criterion.s_x.detach(), criterion.s_q.detach()
         return metrics
 
-    loop_cfg = LoopConfig(out=Path(cfg.out), kind=KIND, options=options, iterations=iterations,
-                          batch_size=batch_size, seed=cfg.seed, checkpoint_every=cfg.checkpoint_every,
-                          log_every=cfg.log_every, logdir=Path(cfg.logdir) if cfg.logdir else None,
-                          resume=cfg.resume, max_minutes=cfg.max_minutes, num_workers=cfg.num_workers,
-                          progress=cfg.progress, collate_fn=_collate)
+    loop_cfg = LoopConfig.from_settings(cfg, kind=KIND, options=options, iterations=iterations,
+                                        batch_size=batch_size, collate_fn=_collate)
     summary = train_loop(module, optimizer, dataset, step, loop_cfg, scheduler)
     summary.update(frames=len(data.poses), scenes=num_scenes, iterations_total=iterations, batch_size=batch_size,
                    per_epoch=per_epoch, network=network)

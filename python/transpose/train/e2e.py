@@ -11,7 +11,6 @@ The result is a checkpoint of kind ``scr`` (same options as the initial network)
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any, Dict, Optional
 
 import numpy as np
@@ -144,10 +143,7 @@ def train_e2e(cfg: E2EConfig) -> Dict[str, Any]:
                "trained_on": {"scene": str(dataset.scene_dir), "section": cfg.section, "frames": len(dataset)},
                "train_init": init_options.get("train_init"),
                "train_e2e": {k: v for k, v in asdict(cfg).items() if k not in ("scene", "out")}}
-    loop_cfg = LoopConfig(out=Path(cfg.out), kind=KIND, options=options, iterations=cfg.iterations, batch_size=1,
-                          seed=cfg.seed, checkpoint_every=cfg.checkpoint_every, log_every=cfg.log_every,
-                          logdir=Path(cfg.logdir) if cfg.logdir else None, resume=cfg.resume,
-                          max_minutes=cfg.max_minutes, num_workers=cfg.num_workers, progress=cfg.progress)
+    loop_cfg = LoopConfig.from_settings(cfg, kind=KIND, options=options, batch_size=1)
     summary = train_loop(net, optimizer, dataset, step, loop_cfg)
     summary["frames"] = len(dataset)
     summary["network"] = net

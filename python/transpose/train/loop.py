@@ -56,6 +56,22 @@ class LoopConfig:
     # warms up and anneals fully (an iteration-based schedule would be cut off mid-way)
     lr_schedule: Optional[Callable[[float], float]] = None
 
+    @classmethod
+    def from_settings(cls, settings: Any, *, kind: str, options: Dict[str, Any], iterations: Optional[int] = None,
+                      batch_size: Optional[int] = None, **extra: Any) -> "LoopConfig":
+        """The loop settings of a trainer's config object (``InitConfig``, ``E2EConfig``, ...), which
+        carries the flags every training command shares: ``out``, ``iterations``, ``batch_size``,
+        ``seed``, ``checkpoint_every``, ``log_every``, ``logdir``, ``resume``, ``max_minutes``,
+        ``num_workers``, ``progress``."""
+        logdir = getattr(settings, "logdir", None)
+        return cls(out=Path(settings.out), kind=kind, options=options,
+                   iterations=int(iterations if iterations is not None else settings.iterations),
+                   batch_size=int(batch_size if batch_size is not None else getattr(settings, "batch_size", 1)),
+                   seed=settings.seed, checkpoint_every=settings.checkpoint_every, log_every=settings.log_every,
+                   logdir=Path(logdir) if logdir else None, resume=settings.resume,
+                   max_minutes=settings.max_minutes, num_workers=settings.num_workers,
+                   progress=settings.progress, **extra)
+
     def resolved_logdir(self) -> Path:
         return Path(self.logdir) if self.logdir else Path(str(Path(self.out).with_suffix("")) + "_log")
 
@@ -252,7 +268,7 @@ def train_loop(model: torch.nn.Module, optimizer: torch.optim.Optimizer, dataset
             # one collective per step: every rank raises, or stops after this step, together
             any_nonfinite, out_of_time = distributed.any_rank([not finite, out_of_time])
             if any_nonfinite:
-                what = f"loss became {loss.item()}" if not finite else f"loss became non-finite on another rank"
+                what = f"loss became {loss.item()}" if not finite else "loss became non-finite on another rank"
                 raise FloatingPointError(f"{what} at iteration {iteration + 1}; "
                                          f"lower the learning rate or resume from {out}")
             optimizer.zero_grad(set_to_none=True)

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any, Dict, Optional, Tuple
 
 import torch
@@ -98,6 +97,11 @@ def one_cycle(progress: float, warmup: float = 0.05, start: float = 0.04, end: f
     return end + (1.0 - end) * 0.5 * (1.0 + math.cos(math.pi * min(t, 1.0)))
 
 
+def lr_schedule_for(cfg: InitConfig):
+    """The loop's progress-driven learning-rate factor for ``cfg.schedule`` (None: a torch scheduler or constant)."""
+    return one_cycle if cfg.schedule == "onecycle" else None
+
+
 def _scheduler(optimizer: torch.optim.Optimizer, cfg: InitConfig):
     """A torch scheduler for 'step'; None for 'onecycle' (applied by the loop from progress) and 'constant'."""
     if cfg.schedule == "onecycle":
@@ -147,11 +151,7 @@ def train_init(cfg: InitConfig) -> Dict[str, Any]:
     options = {**net.options(), "image_height": cfg.image_height, "mode": cfg.loss.mode, "sparse": cfg.sparse,
                "trained_on": {"scene": str(dataset.scene_dir), "section": cfg.section, "frames": len(dataset)},
                "train_init": {k: v for k, v in asdict(cfg).items() if k not in ("scene", "out")}}
-    loop_cfg = LoopConfig(out=Path(cfg.out), kind=KIND, options=options, iterations=cfg.iterations,
-                          batch_size=cfg.batch_size, seed=cfg.seed, checkpoint_every=cfg.checkpoint_every,
-                          log_every=cfg.log_every, logdir=Path(cfg.logdir) if cfg.logdir else None, resume=cfg.resume,
-                          max_minutes=cfg.max_minutes, num_workers=cfg.num_workers, progress=cfg.progress,
-                          lr_schedule=one_cycle if cfg.schedule == "onecycle" else None)
+    loop_cfg = LoopConfig.from_settings(cfg, kind=KIND, options=options, lr_schedule=lr_schedule_for(cfg))
     summary = train_loop(net, optimizer, dataset, step, loop_cfg, scheduler)
     summary["frames"] = len(dataset)
     summary["network"] = net

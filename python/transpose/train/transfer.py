@@ -31,7 +31,7 @@ from ..models.heads import TASKS, TaskNet, TransposeNet, task_names
 from ..models.scr import SCRNet
 from .checkpoint import load_checkpoint
 from .loop import LoopConfig, pick_device, seed_everything, train_loop
-from .scr import KIND, InitConfig, _scheduler, build_dataset, load_network, output_size_for
+from .scr import KIND, InitConfig, _scheduler, build_dataset, load_network, lr_schedule_for, output_size_for
 
 KIND_TASK = "task"
 TASK_CHOICES = ("coords",) + tuple(TASKS)
@@ -140,11 +140,9 @@ def _plain(cfg: TransferConfig) -> dict:
 
 
 def _loop_config(cfg: TransferConfig, kind: str, options: dict, collate_fn=None) -> LoopConfig:
-    return LoopConfig(out=Path(cfg.out), kind=kind, options=options, iterations=cfg.iterations,
-                      batch_size=cfg.batch_size, seed=cfg.seed, checkpoint_every=cfg.checkpoint_every,
-                      log_every=cfg.log_every, logdir=Path(cfg.logdir) if cfg.logdir else None, resume=cfg.resume,
-                      max_minutes=cfg.max_minutes, num_workers=cfg.num_workers, progress=cfg.progress,
-                      collate_fn=collate_fn)
+    # the same progress-driven learning-rate schedule as plain train_init
+    return LoopConfig.from_settings(cfg, kind=kind, options=options, collate_fn=collate_fn,
+                                    lr_schedule=lr_schedule_for(cfg))
 
 
 def _mlr_paths(cfg: TransferConfig) -> List[Path]:
