@@ -384,3 +384,40 @@ def dsac_pose_loss(T_est_c2w: torch.Tensor, T_gt_c2w: torch.Tensor, weight_rot: 
     trans = (T_est_c2w[..., :3, 3] - T_gt_c2w[..., :3, 3]).norm(dim=-1)
     raw = weight_rot * rot + weight_trans * trans
     return torch.where(raw > cut, torch.sqrt(cut * raw.clamp_min(cut)), raw)
+
+
+# --------------------------------------------------------------------------- classification head (SCR)
+
+def cluster_loss(logits: torch.Tensor, offsets: torch.Tensor, centers: torch.Tensor, target: torch.Tensor,
+                 mask: torch.Tensor) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
+    """Loss of a cluster-classification coordinate head on labelled cells: cross-entropy of the
+    cluster nearest to the target, plus the 3D distance of ``center[label] + offset`` to the target.
+
+    Args:
+        logits: ``(B, K, h, w)``; offsets: ``(B, 3, h, w)``; centers: ``(K, 3)``;
+        target: ``(B, 3, h, w)``; mask: ``(B, h, w)`` bool.
+    """
+    if not mask.any():
+        zero = logits.sum() * 0 + offsets.sum() * 0
+        return zero, {"accuracy": zero.detach()}
+    tgt = target.permute(0, 2, 3, 1)[mask]                      # (N, 3)
+    label = torch.cdist(tgt, centers).argmin(dim=1)              # (N,)
+    lg = logits.permute(0, 2, 3, 1)[mask]                        # (N, K)
+    off = offsets.permute(0, 2, 3, 1)[mask]                      # (N, 3)
+    ce = torch.nn.functional.cross_entropy(lg, label)
+    dist = (centers[label] + off - tgt).norm(dim=1).mean()
+    return ce + dist, {"accuracy": (lg.argmax(dim=1) == label).float().mean().detach()}
+
+
+def kmeans(points: torch.Tensor, k: int, iterations: int = 20, seed: int = 0) -> torch.Tensor:
+    """``k`` cluster centres ``(k, 3)`` of ``points (N, 3)`` by Lloyd's algorithm from a seeded random start."""
+    if points.shape[0] < k:
+        raise ValueError(f"--clusters {k}: only {points.shape[0]} labelled scene points to cluster")
+    g = torch.Generator().manual_seed(seed)
+    centers = points[torch.randperm(points.shape[0], generator=g)[:k]].clone()
+    for _ in range(iterations):
+        assign = torch.cat([torch.cdist(chunk, centers).argmin(dim=1) for chunk in points.split(65536)])
+        sums = torch.zeros_like(centers).index_add_(0, assign, points)
+        counts = torch.bincount(assign, minlength=k).unsqueeze(1)
+        centers = torch.where(counts > 0, sums / counts.clamp_min(1), centers)
+    return centers

@@ -74,10 +74,16 @@ class SCRNet(nn.Module):
         in_channels: 1 for grayscale images (other values for depth/normal inputs).
         norm: ``'group'`` (GroupNorm after every convolution but the last; default) or ``'none'``
             (exactly DSAC*'s layers).
+        num_clusters: 0 for DSAC*'s direct regression; K > 0 for a classification head: each cell
+            predicts which of K scene-point clusters it sees (logits) and an offset from that
+            cluster's centre, coordinates = centre[argmax] + offset. It learns a scene from scratch
+            far faster on a CPU budget (measured on 45 frames after 2500 iterations: 0.10 m median
+            coordinate error with K = 1024 against ~2.5 m for regression). The centres are a buffer
+            set by the trainer (k-means of the training targets).
     """
 
     def __init__(self, scene_center: Optional[Sequence[float]] = None, width: float = 1.0,
-                 uncertainty: bool = False, in_channels: int = 1, norm: str = "group"):
+                 uncertainty: bool = False, in_channels: int = 1, norm: str = "group", num_clusters: int = 0):
         super().__init__()
         c = [max(8, int(round(w * width))) for w in (32, 64, 128, 256, 512)]
         self.width = width
@@ -92,7 +98,10 @@ class SCRNet(nn.Module):
         self.res3 = ResidualBlock(c[4], c[4], kernels=(1, 1, 1), norm=norm)
         self.fc1 = _conv(c[4], c[4], 1, norm=norm)
         self.fc2 = _conv(c[4], c[4], 1, norm=norm)
-        self.fc3 = nn.Conv2d(c[4], 3, 1)
+        self.num_clusters = int(num_clusters)
+        self.fc3 = nn.Conv2d(c[4], 3 + self.num_clusters, 1)
+        if self.num_clusters:
+            self.register_buffer("cluster_centers", torch.zeros(self.num_clusters, 3))
         # sigma has its own head on *detached* trunk features: the NLL then calibrates sigma
         # without its 1/sigma^2-weighted gradients slowing the coordinate regression (measured:
         # 1.5 cm vs 24 cm coordinate error after 400 iterations when the NLL reached the trunk)
@@ -116,11 +125,20 @@ class SCRNet(nn.Module):
         x = self.res3(self.res2(features))
         x = F.relu(self.fc1(x))
         x = F.relu(self.fc2(x))
-        coords = self.fc3(x) + self.scene_center.view(1, 3, 1, 1)
+        out = self.fc3(x)
         sigma = None
         if self.sigma_head is not None:
             sigma = torch.exp(self.sigma_head(x.detach()).clamp(*LOG_SIGMA_RANGE))
-        return coords, sigma
+        if self.num_clusters:
+            logits, offsets = out[:, 3:], out[:, :3]
+            self._last_logits, self._last_offsets = logits, offsets  # read by the training loss
+            centers = self.cluster_centers[logits.argmax(dim=1)].permute(0, 3, 1, 2)
+            return centers + offsets, sigma
+        return out + self.scene_center.view(1, 3, 1, 1), sigma
+
+    def cluster_outputs(self) -> Tuple[torch.Tensor, torch.Tensor]:
+        """``(logits (B, K, h, w), offsets (B, 3, h, w))`` of the last forward pass (classification head)."""
+        return self._last_logits, self._last_offsets
 
     def forward(self, image: torch.Tensor) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
         """``(coords (B, 3, H/8, W/8), sigma (B, 1, H/8, W/8) or None)`` for images ``(B, 1, H, W)``."""
@@ -132,13 +150,13 @@ class SCRNet(nn.Module):
         """Everything needed to rebuild this network (stored in checkpoints)."""
         return {"width": self.width, "uncertainty": self.uncertainty,
                 "scene_center": [float(v) for v in self.scene_center],
-                "in_channels": self.in_channels, "norm": self.norm}
+                "in_channels": self.in_channels, "norm": self.norm, "num_clusters": self.num_clusters}
 
     @classmethod
     def from_options(cls, options: dict) -> "SCRNet":
         return cls(scene_center=options.get("scene_center"), width=options.get("width", 1.0),
                    uncertainty=options.get("uncertainty", False), in_channels=options.get("in_channels", 1),
-                   norm=options.get("norm", "group"))
+                   norm=options.get("norm", "group"), num_clusters=options.get("num_clusters", 0))
 
 
 def output_size(height: int, width: int) -> Tuple[int, int]:

@@ -7,7 +7,7 @@ from typing import Any, Dict, Optional, Tuple
 
 import torch
 
-from ..losses import InitLossConfig, scr_init_loss, uncertainty_nll
+from ..losses import InitLossConfig, cluster_loss, kmeans, scr_init_loss, uncertainty_nll
 from ..models.scr import SCRNet
 from .loop import LoopConfig, pick_device, seed_everything, train_loop
 
@@ -32,6 +32,7 @@ class InitConfig:
     nll_weight: float = 1.0
     width: float = 1.0
     norm: str = "group"
+    clusters: int = 0               # K > 0: cluster-classification head (see SCRNet), 0: regression (DSAC*)
     tiny: bool = False              # DSAC*'s --tiny: width 0.5
     image_height: Optional[int] = None
     augment: bool = True
@@ -124,7 +125,12 @@ def train_init(cfg: InitConfig) -> Dict[str, Any]:
     # Offsets are regressed from the mean camera position (DSAC*): a cheap, robust scene centre.
     scene_center = dataset.poses[:, :3, 3].mean(axis=0)
     net = SCRNet(scene_center=scene_center, width=cfg.network_width(), uncertainty=cfg.uncertainty,
-                 norm=cfg.norm).to(device)
+                 norm=cfg.norm, num_clusters=cfg.clusters)
+    if cfg.clusters:
+        if cfg.loss.mode == 0 or dataset.targets == "none":
+            raise ValueError("--clusters needs coordinate targets (depth or init/); it does not work with --mode 0")
+        net.cluster_centers.copy_(_scene_clusters(cfg, dataset.targets))
+    net = net.to(device)
     optimizer = torch.optim.Adam(net.parameters(), lr=cfg.learningrate)
     scheduler = _scheduler(optimizer, cfg)
 
@@ -135,10 +141,18 @@ def train_init(cfg: InitConfig) -> Dict[str, Any]:
         target = batch["coords"].to(device) if "coords" in batch else None
         mask = batch["mask"].to(device) if "mask" in batch else None
         coords, sigma = net(image)
-        loss, stats = scr_init_loss(coords.double(), pose, K, None if target is None else target.double(), mask, cfg.loss)
-        metrics = {"loss_coords": loss.detach(), "valid": stats["valid"]}
-        if "coord_error" in stats:
-            metrics["coord_error"] = stats["coord_error"]
+        if cfg.clusters:
+            logits, offsets = net.cluster_outputs()
+            loss, stats = cluster_loss(logits, offsets, net.cluster_centers, target, mask)
+            metrics = {"loss_coords": loss.detach(), "cluster_accuracy": stats["accuracy"]}
+            if mask.any():
+                metrics["coord_error"] = (coords.detach() - target).norm(dim=1)[mask].median()
+        else:
+            loss, stats = scr_init_loss(coords.double(), pose, K, None if target is None else target.double(), mask,
+                                        cfg.loss)
+            metrics = {"loss_coords": loss.detach(), "valid": stats["valid"]}
+            if "coord_error" in stats:
+                metrics["coord_error"] = stats["coord_error"]
         if cfg.uncertainty and mask is not None:
             # coords are detached (and the sigma head sees detached features): sigma learns to
             # predict the coordinates' error without the 1/sigma^2 weighting slowing their regression
@@ -156,6 +170,21 @@ def train_init(cfg: InitConfig) -> Dict[str, Any]:
     summary["frames"] = len(dataset)
     summary["network"] = net
     return summary
+
+
+def _scene_clusters(cfg: InitConfig, targets: str, per_frame: int = 256) -> torch.Tensor:
+    """k-means centres ``(K, 3)`` of the training targets (a seeded subsample of cells per frame)."""
+    from ..data.scene import SceneDataset
+
+    plain = SceneDataset(cfg.scene, cfg.section, mode="scr", targets=targets, image_height=cfg.image_height,
+                         root=cfg.root, load_depth=False, load_normals=False)
+    g = torch.Generator().manual_seed(cfg.seed)
+    points = []
+    for i in range(len(plain)):
+        item = plain[i]
+        cells = item["coords"].permute(1, 2, 0)[item["mask"]]
+        points.append(cells[torch.randperm(cells.shape[0], generator=g)[:per_frame]])
+    return kmeans(torch.cat(points).float(), cfg.clusters, seed=cfg.seed)
 
 
 def load_network(path, device: Optional[str] = None) -> tuple:
