@@ -51,6 +51,17 @@ std::vector<py::ssize_t> expect_shape(const Array& a, const char* name, std::vec
   return dims;
 }
 
+// An optional float array argument: nullptr for None, else its data, checked against `shape`
+// (`holder` keeps the converted array alive while the pointer is used).
+const double* optional_array(const py::object& obj, Array& holder, const char* name,
+                             std::vector<py::ssize_t> shape) {
+  if (obj.is_none()) return nullptr;
+  holder = Array::ensure(obj);
+  if (!holder) throw py::value_error(std::string(name) + ": expected a float array");
+  expect_shape(holder, name, std::move(shape));
+  return holder.data();
+}
+
 Intrinsics intrinsics_from(const Array& K) {
   expect_shape(K, "K", {4});
   const double* k = K.data();
@@ -200,20 +211,8 @@ py::list ransac_batch_py(const Array& pixels, const Array& points, const py::obj
   expect_shape(K, "K", {B, 4});
   if (static_cast<py::ssize_t>(seeds.size()) != B) throw py::value_error("seeds: expected one seed per frame");
   Array cam_holder, w_holder;
-  const double* cam = nullptr;
-  if (!camera_points.is_none()) {
-    cam_holder = Array::ensure(camera_points);
-    if (!cam_holder) throw py::value_error("camera_points: expected a float array");
-    expect_shape(cam_holder, "camera_points", {B, n, 3});
-    cam = cam_holder.data();
-  }
-  const double* w = nullptr;
-  if (!weights.is_none()) {
-    w_holder = Array::ensure(weights);
-    if (!w_holder) throw py::value_error("weights: expected a float array");
-    expect_shape(w_holder, "weights", {B, n});
-    w = w_holder.data();
-  }
+  const double* cam = optional_array(camera_points, cam_holder, "camera_points", {B, n, 3});
+  const double* w = optional_array(weights, w_holder, "weights", {B, n});
   const RansacOptions o = options_from(opts);
   std::vector<RansacResult> results;
   {
@@ -350,20 +349,8 @@ py::list dsac_loss_batch_py(const Array& pixels, const Array& points, const py::
       polish_iterations < 0)
     throw py::value_error("dsac_loss: need weight_rot >= 0, weight_trans >= 0, cut > 0, min_probability >= 0");
   Array cam_holder, w_holder;
-  const double* cam = nullptr;
-  if (!camera_points.is_none()) {
-    cam_holder = Array::ensure(camera_points);
-    if (!cam_holder) throw py::value_error("camera_points: expected a float array");
-    expect_shape(cam_holder, "camera_points", {B, n, 3});
-    cam = cam_holder.data();
-  }
-  const double* w = nullptr;
-  if (!weights.is_none()) {
-    w_holder = Array::ensure(weights);
-    if (!w_holder) throw py::value_error("weights: expected a float array");
-    expect_shape(w_holder, "weights", {B, n});
-    w = w_holder.data();
-  }
+  const double* cam = optional_array(camera_points, cam_holder, "camera_points", {B, n, 3});
+  const double* w = optional_array(weights, w_holder, "weights", {B, n});
   DsacOptions o;
   o.ransac = options_from(opts);
   o.ransac.training = true;
