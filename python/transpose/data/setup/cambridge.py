@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -217,20 +216,11 @@ def setup_scene(scene: str, out: Path, archives: Optional[Path] = None, download
     if common.scene_exists(out, name) and not overwrite:
         print(f"{out / name} is complete already; skipping (use --overwrite to convert again)")
         return out / name
-    work = out / f".work-{name}-{os.getpid()}"
-    archive = None
-    try:
-        if source is None:
-            archive = common.fetch_archive(f"{scene}.zip", URLS[scene], archives, download_dir or out / "downloads")
-            common.extract(archive, work)
-            source = work
+    with common.archive_source(out, name, f"{scene}.zip", URLS[scene], archives, download_dir, source,
+                               keep_archives) as (src, _, _):
         info = {"dataset": "Cambridge Landmarks", "scene": scene, "image_height": height}
         with common.staged_scene(out, name, info, overwrite=overwrite) as tmp:
-            info.update(convert_scene(Path(source), scene, tmp, height=height, workers=workers))
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-    if archive is not None and archives is None and not keep_archives:
-        archive.unlink(missing_ok=True)
+            info.update(convert_scene(src, scene, tmp, height=height, workers=workers))
     skipped = sum(v for k, v in info.items() if "skipped" in k)
     print(f"{out / name}: {info['train']} train, {info['test']} test frames ({skipped} skipped)")
     return out / name

@@ -225,6 +225,36 @@ def bz2_error() -> type:
     return OSError  # bz2 reports corrupt streams as OSError
 
 
+@contextlib.contextmanager
+def archive_source(out_dir: PathLike, label: str, archive_name: str, url: str, archives: Optional[PathLike],
+                   download_dir: Optional[PathLike], source: Optional[PathLike] = None, keep_archives: bool = False,
+                   members: Optional[Callable[[str], bool]] = None,
+                   fetch: bool = True) -> Iterator[Tuple[Optional[Path], Path, Optional[Path]]]:
+    """The folder holding a dataset's official archive, extracted: yields ``(source, work, archive)``.
+
+    ``source`` given (an already extracted copy) is used as it is; otherwise the archive is taken
+    from ``archives`` or downloaded into ``download_dir`` (default ``out_dir/downloads``) and
+    extracted into a private work folder (``members`` filters what is extracted). With
+    ``fetch=False`` nothing is fetched and ``source`` may stay None. The work folder is always
+    removed; a downloaded archive is deleted after a successful conversion unless ``keep_archives``
+    (archives given with ``archives`` are never touched).
+    """
+    out_dir = Path(out_dir)
+    work = out_dir / f".work-{label}-{os.getpid()}"
+    archive = None
+    try:
+        if source is None and fetch:
+            archive = fetch_archive(archive_name, url, archives, download_dir or out_dir / "downloads")
+            extract(archive, work, members=members)
+            source = work
+        yield (Path(source) if source is not None else None), work, archive
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    # reached only when the conversion succeeded (an exception leaves the generator above)
+    if archive is not None and archives is None and not keep_archives:
+        archive.unlink(missing_ok=True)
+
+
 def scene_exists(out_dir: PathLike, name: str) -> bool:
     """True when ``out_dir/name`` was fully converted before."""
     return layout.is_complete(Path(out_dir) / name)

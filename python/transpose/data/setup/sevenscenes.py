@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import os
 import re
-import shutil
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -228,23 +227,12 @@ def setup_scene(scene: str, out: Path, archives: Optional[Path] = None, download
     if common.scene_exists(out, name) and not overwrite:
         print(f"{out / name} is complete already; skipping (use --overwrite to convert again)")
         return out / name
-    work = out / f".work-{name}-{os.getpid()}"
-    archive = None
-    try:
-        if source is None:
-            archive = common.fetch_archive(f"{scene}.zip", URL.format(scene=scene), archives,
-                                           download_dir or out / "downloads")
-            common.extract(archive, work)
-            source = work
+    with common.archive_source(out, name, f"{scene}.zip", URL.format(scene=scene), archives, download_dir,
+                               source, keep_archives) as (src, work, _):
         info = {"dataset": "7-Scenes", "scene": scene, "poses": poses, "depth": "registered" if depth else "none",
                 "color_focal": COLOR_FOCAL}
         with common.staged_scene(out, name, info, overwrite=overwrite) as tmp:
-            info.update(convert_scene(Path(source), scene, tmp, poses=poses, depth=depth, workers=workers,
-                                      work=work))
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-    if archive is not None and archives is None and not keep_archives:
-        archive.unlink(missing_ok=True)
+            info.update(convert_scene(src, scene, tmp, poses=poses, depth=depth, workers=workers, work=work))
     print(f"{out / name}: {info.get('train', 0)} train, {info.get('test', 0)} test frames")
     return out / name
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import os
 import re
-import shutil
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
@@ -153,15 +152,11 @@ def setup_archive(archive_name: str, rooms: Sequence[str], out: Path, archives: 
         if r not in todo:
             print(f"{out / f'12scenes_{archive_name}_{r}'} is complete already; skipping (use --overwrite)")
     done = []
-    work = out / f".work-12scenes_{archive_name}-{os.getpid()}"
-    archive = None
-    try:
-        if todo and source is None:
-            archive = common.fetch_archive(f"{archive_name}.zip", URL.format(archive=archive_name), archives,
-                                           download_dir or out / "downloads")
-            prefixes = tuple(f"{archive_name}/{r}/" for r in todo)
-            common.extract(archive, work, members=lambda m: m.replace("\\", "/").startswith(prefixes))
-            source = work
+    prefixes = tuple(f"{archive_name}/{r}/" for r in todo)
+    with common.archive_source(out, f"12scenes_{archive_name}", f"{archive_name}.zip",
+                               URL.format(archive=archive_name), archives, download_dir, source, keep_archives,
+                               members=lambda m: m.replace("\\", "/").startswith(prefixes),
+                               fetch=bool(todo)) as (source, _, archive):
         for room in todo:
             room_dir = Path(source) / archive_name / room
             if not room_dir.is_dir() and (Path(source) / room).is_dir():
@@ -176,10 +171,6 @@ def setup_archive(archive_name: str, rooms: Sequence[str], out: Path, archives: 
             print(f"{out / name}: {info['train']} train, {info['test']} test frames "
                   f"({info['skipped_invalid_pose']} skipped: invalid pose), focal {info['focal']:.2f}")
             done.append(out / name)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-    if archive is not None and archives is None and not keep_archives:
-        archive.unlink(missing_ok=True)
     return done
 
 
