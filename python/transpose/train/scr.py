@@ -114,6 +114,52 @@ def _scheduler(optimizer: torch.optim.Optimizer, cfg: InitConfig):
     raise ValueError(f"--schedule must be onecycle, step or constant, got '{cfg.schedule}'")
 
 
+def coordinate_loss(net: SCRNet, coords: torch.Tensor, sigma: Optional[torch.Tensor], batch: Dict[str, Any],
+                    cfg: InitConfig, device) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
+    """Training loss of a coordinate network's last forward pass ``coords (B, 3, h, w)``, ``sigma (B, 1, h, w)``.
+
+    DSAC*'s initialisation loss (regression) or the cluster head's cross-entropy + offset loss
+    (``cfg.clusters``), plus the uncertainty NLL on labelled cells. Shared by ``train_init`` and the
+    sim-to-real trainer. Returns ``(loss, metrics)``.
+    """
+    pose = batch["pose"].to(device).double()
+    K = batch["K"].to(device).double()
+    target = batch["coords"].to(device) if "coords" in batch else None
+    mask = batch["mask"].to(device) if "mask" in batch else None
+    if cfg.clusters:
+        logits, offsets = net.cluster_outputs()
+        loss, stats = cluster_loss(logits, offsets, net.cluster_centers, target, mask)
+        metrics = {"loss_coords": loss.detach(), "cluster_accuracy": stats["accuracy"]}
+        if mask.any():
+            metrics["coord_error"] = (coords.detach() - target).norm(dim=1)[mask].median()
+    else:
+        loss, stats = scr_init_loss(coords.double(), pose, K, None if target is None else target.double(), mask,
+                                    cfg.loss)
+        metrics = {"loss_coords": loss.detach(), "valid": stats["valid"]}
+        if "coord_error" in stats:
+            metrics["coord_error"] = stats["coord_error"]
+    if cfg.uncertainty and mask is not None:
+        # coords are detached (and the sigma head sees detached features): sigma learns to
+        # predict the coordinates' error without the 1/sigma^2 weighting slowing their regression
+        nll = uncertainty_nll(coords.detach(), sigma, target, mask)
+        loss = loss + cfg.nll_weight * nll
+        metrics["nll"] = nll.detach()
+    return loss, metrics
+
+
+def build_network(cfg: InitConfig, datasets: list) -> SCRNet:
+    """A fresh SCRNet for ``cfg``: scene centre = mean training camera position (DSAC*), and with
+    ``cfg.clusters`` the k-means centres of the training targets."""
+    poses = torch.cat([torch.as_tensor(d.poses) for d in datasets])
+    net = SCRNet(scene_center=poses[:, :3, 3].mean(dim=0), width=cfg.network_width(), uncertainty=cfg.uncertainty,
+                 norm=cfg.norm, num_clusters=cfg.clusters)
+    if cfg.clusters:
+        if cfg.loss.mode == 0 or any(d.targets == "none" for d in datasets):
+            raise ValueError("--clusters needs coordinate targets (depth or init/); it does not work with --mode 0")
+        net.cluster_centers.copy_(_scene_clusters(cfg, [d.section for d in datasets], datasets[0].targets))
+    return net
+
+
 def train_init(cfg: InitConfig) -> Dict[str, Any]:
     """Train a coordinate network from scratch; return the loop's summary plus the dataset size."""
     seed_everything(cfg.seed)
@@ -122,43 +168,15 @@ def train_init(cfg: InitConfig) -> Dict[str, Any]:
     if cfg.loss.mode != 0 and dataset.targets == "none":
         raise ValueError(f"{dataset.section_dir}: mode {cfg.loss.mode} needs depth/ or init/ targets; "
                          f"use --mode 0 for RGB-only training")
-    # Offsets are regressed from the mean camera position (DSAC*): a cheap, robust scene centre.
-    scene_center = dataset.poses[:, :3, 3].mean(axis=0)
-    net = SCRNet(scene_center=scene_center, width=cfg.network_width(), uncertainty=cfg.uncertainty,
-                 norm=cfg.norm, num_clusters=cfg.clusters)
-    if cfg.clusters:
-        if cfg.loss.mode == 0 or dataset.targets == "none":
-            raise ValueError("--clusters needs coordinate targets (depth or init/); it does not work with --mode 0")
-        net.cluster_centers.copy_(_scene_clusters(cfg, dataset.targets))
+    net = build_network(cfg, [dataset])
     net = net.to(device)
     optimizer = torch.optim.Adam(net.parameters(), lr=cfg.learningrate)
     scheduler = _scheduler(optimizer, cfg)
 
     def step(batch: Dict[str, Any], iteration: int) -> Dict[str, torch.Tensor]:
         image = batch["image"].to(device)
-        pose = batch["pose"].to(device).double()
-        K = batch["K"].to(device).double()
-        target = batch["coords"].to(device) if "coords" in batch else None
-        mask = batch["mask"].to(device) if "mask" in batch else None
         coords, sigma = net(image)
-        if cfg.clusters:
-            logits, offsets = net.cluster_outputs()
-            loss, stats = cluster_loss(logits, offsets, net.cluster_centers, target, mask)
-            metrics = {"loss_coords": loss.detach(), "cluster_accuracy": stats["accuracy"]}
-            if mask.any():
-                metrics["coord_error"] = (coords.detach() - target).norm(dim=1)[mask].median()
-        else:
-            loss, stats = scr_init_loss(coords.double(), pose, K, None if target is None else target.double(), mask,
-                                        cfg.loss)
-            metrics = {"loss_coords": loss.detach(), "valid": stats["valid"]}
-            if "coord_error" in stats:
-                metrics["coord_error"] = stats["coord_error"]
-        if cfg.uncertainty and mask is not None:
-            # coords are detached (and the sigma head sees detached features): sigma learns to
-            # predict the coordinates' error without the 1/sigma^2 weighting slowing their regression
-            nll = uncertainty_nll(coords.detach(), sigma, target, mask)
-            loss = loss + cfg.nll_weight * nll
-            metrics["nll"] = nll.detach()
+        loss, metrics = coordinate_loss(net, coords, sigma, batch, cfg, device)
         metrics["loss"] = loss.float()
         return metrics
 
@@ -172,18 +190,19 @@ def train_init(cfg: InitConfig) -> Dict[str, Any]:
     return summary
 
 
-def _scene_clusters(cfg: InitConfig, targets: str, per_frame: int = 256) -> torch.Tensor:
-    """k-means centres ``(K, 3)`` of the training targets (a seeded subsample of cells per frame)."""
+def _scene_clusters(cfg: InitConfig, sections: list, targets: str, per_frame: int = 256) -> torch.Tensor:
+    """k-means centres ``(K, 3)`` of the training targets of ``sections`` (a seeded subsample of cells per frame)."""
     from ..data.scene import SceneDataset
 
-    plain = SceneDataset(cfg.scene, cfg.section, mode="scr", targets=targets, image_height=cfg.image_height,
-                         root=cfg.root, load_depth=False, load_normals=False)
     g = torch.Generator().manual_seed(cfg.seed)
     points = []
-    for i in range(len(plain)):
-        item = plain[i]
-        cells = item["coords"].permute(1, 2, 0)[item["mask"]]
-        points.append(cells[torch.randperm(cells.shape[0], generator=g)[:per_frame]])
+    for section in sections:
+        plain = SceneDataset(cfg.scene, section, mode="scr", targets=targets, image_height=cfg.image_height,
+                             root=cfg.root, load_depth=False, load_normals=False)
+        for i in range(len(plain)):
+            item = plain[i]
+            cells = item["coords"].permute(1, 2, 0)[item["mask"]]
+            points.append(cells[torch.randperm(cells.shape[0], generator=g)[:per_frame]])
     return kmeans(torch.cat(points).float(), cfg.clusters, seed=cfg.seed)
 
 
