@@ -5,6 +5,7 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any, Dict, Optional, Tuple
 
+import numpy as np
 import torch
 
 from ..losses import InitLossConfig, cluster_loss, kmeans, scr_init_loss, uncertainty_nll
@@ -36,6 +37,8 @@ class InitConfig:
     tiny: bool = False              # DSAC*'s --tiny: width 0.5
     image_height: Optional[int] = None
     augment: bool = True
+    aug_scale: Tuple[float, float] = (2.0 / 3.0, 3.0 / 2.0)  # zoom range (DSAC*)
+    aug_rotation: float = 30.0      # in-plane rotation, +- degrees (DSAC*)
     seed: int = 0
     checkpoint_every: int = 1000
     log_every: int = 10
@@ -76,6 +79,7 @@ def build_dataset(cfg: InitConfig, section: Optional[str] = None, output_size: O
     more than one image need one fixed image size (augmentation zooms change it otherwise).
     """
     from ..data import layout
+    from ..data.augment import AugmentParams
     from ..data.scene import SceneDataset
 
     section = section or cfg.section
@@ -84,7 +88,8 @@ def build_dataset(cfg: InitConfig, section: Optional[str] = None, output_size: O
     targets = "init" if cfg.sparse else ("depth" if has_depth else "auto")
     if output_size is None and cfg.batch_size > 1:
         output_size = output_size_for(scene_dir, section, cfg.image_height)
-    return SceneDataset(scene_dir, section, mode="scr", augment=cfg.augment, image_height=cfg.image_height,
+    aug = AugmentParams(scale_min=cfg.aug_scale[0], scale_max=cfg.aug_scale[1], rotation_deg=cfg.aug_rotation)
+    return SceneDataset(scene_dir, section, mode="scr", augment=cfg.augment, aug=aug, image_height=cfg.image_height,
                         output_size=output_size, targets=targets, root=cfg.root, load_depth=False,
                         load_normals=load_normals)
 
@@ -156,7 +161,7 @@ def build_network(cfg: InitConfig, datasets: list) -> SCRNet:
     if cfg.clusters:
         if cfg.loss.mode == 0 or any(d.targets == "none" for d in datasets):
             raise ValueError("--clusters needs coordinate targets (depth or init/); it does not work with --mode 0")
-        net.cluster_centers.copy_(_scene_clusters(cfg, [d.section for d in datasets], datasets[0].targets))
+        net.cluster_centers.copy_(_scene_clusters(cfg, datasets))
     return net
 
 
@@ -190,20 +195,28 @@ def train_init(cfg: InitConfig) -> Dict[str, Any]:
     return summary
 
 
-def _scene_clusters(cfg: InitConfig, sections: list, targets: str, per_frame: int = 256) -> torch.Tensor:
-    """k-means centres ``(K, 3)`` of the training targets of ``sections`` (a seeded subsample of cells per frame)."""
-    from ..data.scene import SceneDataset
+def _scene_clusters(cfg: InitConfig, datasets: list, per_frame: int = 256) -> torch.Tensor:
+    """k-means centres ``(K, 3)`` of the training targets (a seeded subsample of labelled cells per frame).
+
+    Reads ``init/`` maps directly where a section has them (milliseconds a frame); otherwise takes
+    the targets of un-augmented dataset items (decoding images and depth: seconds for a scene).
+    """
+    from ..data import layout
+    from ..data.scene import SceneDataset, labelled_cells
 
     g = torch.Generator().manual_seed(cfg.seed)
     points = []
-    for section in sections:
-        plain = SceneDataset(cfg.scene, section, mode="scr", targets=targets, image_height=cfg.image_height,
-                             root=cfg.root, load_depth=False, load_normals=False)
-        for i in range(len(plain)):
-            item = plain[i]
-            cells = item["coords"].permute(1, 2, 0)[item["mask"]]
-            points.append(cells[torch.randperm(cells.shape[0], generator=g)[:per_frame]])
-    return kmeans(torch.cat(points).float(), cfg.clusters, seed=cfg.seed)
+    for dataset in datasets:
+        if all(p is not None for p in dataset.init_paths):
+            frames = (torch.from_numpy(np.ascontiguousarray(m[:, labelled_cells(m)].T)) for m in
+                      (np.nan_to_num(layout.read_coords(p)) for p in dataset.init_paths))
+        else:
+            plain = SceneDataset(dataset.scene_dir, dataset.section, mode="scr", targets=dataset.targets,
+                                 image_height=cfg.image_height, load_depth=False, load_normals=False)
+            frames = (item["coords"].permute(1, 2, 0)[item["mask"]] for item in (plain[i] for i in range(len(plain))))
+        for cells in frames:
+            points.append(cells[torch.randperm(cells.shape[0], generator=g)[:per_frame]].float())
+    return kmeans(torch.cat(points), cfg.clusters, seed=cfg.seed)
 
 
 def load_network(path, device: Optional[str] = None) -> tuple:
