@@ -331,3 +331,20 @@ def test_estimate_pose_batch_on_cuda_on_a_side_stream():
         results = ransac.estimate_pose_batch(device_coords, frames[0][1], seed=[1, 2, 3])
     for res, f in zip(results, frames):
         assert_pose_close(res.pose, f[2], cm=1.0, deg=0.1)
+
+
+@pytest.mark.parametrize("use", ["none", "drop", "weight"])
+def test_solve_frame_takes_tensors_as_the_gpu_route_hands_them(use):
+    """evaluate.solve_frame with torch tensors (as localize_section passes a GPU network's output)
+    builds the same uncertainty mask / weights and pose as with numpy arrays."""
+    from transpose import evaluate
+
+    coords, K, T, _, _ = synthetic_frame(71, 0.4)
+    sigma = np.random.default_rng(1).uniform(0.01, 1.0, size=(H, W)).astype(np.float32)
+    opts = evaluate.RansacOptions(uncertainty=use, seed=2)
+    ref = evaluate.solve_frame(coords.astype(np.float64), K, sigma.astype(np.float64), opts)
+    ours = evaluate.solve_frame(torch.from_numpy(coords), K, torch.from_numpy(sigma), opts)
+    np.testing.assert_array_equal(ours.pose, ref.pose)
+    np.testing.assert_array_equal(ours.inliers, ref.inliers)
+    if use == "drop":
+        assert ref.inliers.sum() < 0.6 * H * W  # the mask did drop cells
