@@ -40,7 +40,10 @@ TRANSPOSE_HD void accumulate_cell(const DenseMaps<T>& m, int b, int64_t i, const
   const double Y = static_cast<double>(base[plane + i]);
   const double Z = static_cast<double>(base[2 * plane + i]);
   const double w = m.weights ? m.weights[plane * b + i] : 1.0;
-  const int row = static_cast<int>(i / m.width), col = static_cast<int>(i - static_cast<int64_t>(row) * m.width);
+  // 32-bit division: a frame has at most 2^30 cells (checked by the bindings), and 64-bit integer
+  // division is a long emulated sequence on the GPU
+  const int cell_index = static_cast<int>(i);
+  const int row = cell_index / m.width, col = cell_index - row * m.width;
   const double uc = cell::cell_centre(col, m.stride) - k.cx;
   const double vc = cell::cell_centre(row, m.stride) - k.cy;
   const double e2 = cell::squared_error(p, X, Y, Z, uc, vc);
