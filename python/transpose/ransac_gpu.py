@@ -113,7 +113,7 @@ def _as_tensor(x: Any, device: Any) -> "torch.Tensor":
     torch = _torch()
     if torch.is_tensor(x):
         return x.detach().to(device)
-    return torch.as_tensor(np.asarray(x), device=device)
+    return torch.as_tensor(np.ascontiguousarray(x), device=device)  # torch refuses negative strides
 
 
 def _map_tensor(coords: Any, device: Any, single: bool) -> "torch.Tensor":
@@ -205,11 +205,9 @@ def estimate_pose_maps(coords: Any, K: Any, stride: int = 8, *, mask: Any = None
     if opts.training or opts.adaptive:
         raise ValueError("options: the batched (GPU) path runs the fixed-count test mode only")
     torch = _torch()
-    if device is None:
-        device = coords.device if _is_cuda_tensor(coords) else "cpu"
-    device = torch.device(device)
-    if device.type == "cuda" and device.index is None:
-        device = torch.device("cuda", torch.cuda.current_device())
+    device = torch.device(device if device is not None else "cuda" if _is_cuda_tensor(coords) else "cpu")
+    if device.type == "cuda" and device.index is None:  # a bare "cuda": the map's GPU, else the current one
+        device = coords.device if _is_cuda_tensor(coords) else torch.device("cuda", torch.cuda.current_device())
     Kv = _frame_intrinsics(K, 1, single) if single else None  # checked in the CPU path's order
     maps = _map_tensor(coords, device, single)
     B, _, H, W = maps.shape
