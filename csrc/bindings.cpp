@@ -14,6 +14,7 @@
 #endif
 
 #include "core/derivatives.h"
+#include "core/fast_score.h"
 #include "core/frame.h"
 #include "core/kabsch.h"
 #include "core/p3p.h"
@@ -89,6 +90,9 @@ RansacOptions options_from(const py::dict& d) {
     else if (key == "max_iterations") o.max_iterations = py::cast<int>(v);
     else if (key == "min_iterations") o.min_iterations = py::cast<int>(v);
     else if (key == "early_exit") o.early_exit = py::cast<bool>(v);
+    else if (key == "exact_scoring") o.exact_scoring = py::cast<bool>(v);
+    else if (key == "preemptive_cells") o.preemptive_cells = py::cast<int>(v);
+    else if (key == "preemptive_keep") o.preemptive_keep = py::cast<int>(v);
     else if (key == "refine") o.refine = py::cast<bool>(v);
     else if (key == "refine_rounds") o.refine_rounds = py::cast<int>(v);
     else if (key == "lm_iterations") o.lm_iterations = py::cast<int>(v);
@@ -315,13 +319,20 @@ py::tuple refine_py(const Array& pixels, const Array& points, const py::object& 
 }
 
 py::tuple score_py(const Array& pixels, const Array& points, const py::object& weights, const Array& K,
-                   const Array& R, const Array& t, double threshold, double max_err) {
+                   const Array& R, const Array& t, double threshold, double max_err, bool float32) {
   Array ch, wh;
   const Frame f = frame_for(pixels, points, py::none(), weights, K, ch, wh);
   const Pose p = pose_from(R, t);
   if (!(threshold > 0.0)) throw py::value_error("threshold must be positive");
   const ScoreParams sp = make_score_params(threshold, max_err);
-  const ScoreOut so = soft_score(f, p, sp, -HUGE_VAL);
+  ScoreOut so;
+  if (float32) {
+    PackedFrame pk;
+    pack_frame(f, 0, 0, pk);
+    so = soft_score_packed(pk.all, f.K, p, sp, 0, f.n, -HUGE_VAL);
+  } else {
+    so = soft_score(f, p, sp, -HUGE_VAL);
+  }
   py::array_t<double> errs(static_cast<py::ssize_t>(f.n_total));
   double* e = errs.mutable_data();
   for (int i = 0; i < f.n_total; ++i) e[i] = std::nan("");
@@ -458,8 +469,9 @@ PYBIND11_MODULE(_core, m) {
         "DSAC*-style refinement of a world-to-camera pose -> (R, t, inliers used in the last fit).");
   m.def("soft_score", &score_py, py::arg("pixels"), py::arg("points"), py::arg("weights") = py::none(),
         py::arg("K"), py::arg("R"), py::arg("t"), py::arg("threshold") = 10.0,
-        py::arg("max_reprojection_error") = 100.0,
-        "Soft inlier score, hard inlier count and per-correspondence reprojection errors (N,) of a pose.");
+        py::arg("max_reprojection_error") = 100.0, py::arg("float32") = false,
+        "Soft inlier score, hard inlier count and per-correspondence reprojection errors (N,) of a pose; "
+        "float32: score and count as test-mode RANSAC ranks hypotheses (float32 arithmetic).");
   m.def("dsac_loss_batch", &dsac_loss_batch_py, py::arg("pixels"), py::arg("points"),
         py::arg("camera_points") = py::none(), py::arg("weights") = py::none(), py::arg("K"), py::arg("gt_R"),
         py::arg("gt_t"), py::arg("seeds"), py::arg("options") = py::dict(), py::arg("weight_rot") = 1.0,

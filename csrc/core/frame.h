@@ -29,7 +29,7 @@ struct Frame {
   // Structure of arrays over the valid correspondences (scoring and refinement loops).
   std::vector<double> u, v, X, Y, Z, w;
   std::vector<double> uc, vc;  // u - cx, v - cy (scoring)
-  std::vector<double> points;  // (n, 3) scene points, row-major (minimal solvers)
+  std::vector<double> points;  // (n, 3) scene points, row-major (RGB-D only: rigid alignment), else empty
   std::vector<double> camera;  // (n, 3) camera-frame points (RGB-D only), else empty
   std::vector<int> original;   // valid index -> caller's index
 };
