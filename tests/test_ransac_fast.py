@@ -91,3 +91,17 @@ def test_preemption_options():
     for bad in (dict(preemptive_cells=-1), dict(preemptive_keep=0)):
         with pytest.raises(ValueError, match=next(iter(bad))):
             ransac.estimate_pose(coords, K, **bad)
+
+
+def test_map_dtypes_and_layouts_agree():
+    """Maps reach the core as (3, H*W) planes: float32 as given, anything else as float64."""
+    coords, K, T, _, _ = synthetic_frame(33, 0.4)
+    ref = ransac.estimate_pose(coords, K, seed=5)
+    wide = np.zeros((3, H, 2 * W), dtype=np.float32)
+    wide[:, :, ::2] = coords
+    for variant in (coords.astype(np.float64), wide[:, :, ::2], np.asfortranarray(coords)):
+        res = ransac.estimate_pose(variant, K, seed=5)
+        assert np.array_equal(res.R, ref.R) and np.array_equal(res.inliers, ref.inliers)
+    batch = ransac.estimate_pose_batch(np.stack([coords, coords]).astype(np.float64), K, seed=[5, 5])
+    assert all(np.array_equal(r.R, ref.R) for r in batch)
+    assert np.allclose(ref.pose, g.invert_pose(g.make_pose(ref.R, ref.t)), atol=1e-12)

@@ -43,10 +43,6 @@ inline float exp_f32(float x) {
   return out;
 }
 
-}  // namespace
-
-namespace {
-
 // Copy the valid correspondences idx[0..n) of `f` into `c`, scene points relative to `origin`.
 void fill(const Frame& f, const int* idx, int n, const double* origin, PackedCells& c) {
   const size_t m = static_cast<size_t>(n);
@@ -100,7 +96,8 @@ void pack_frame(const Frame& f, int subset_size, uint64_t seed, PackedFrame& out
   std::vector<int> idx(static_cast<size_t>(m > 0 ? n : 0));
   std::iota(idx.begin(), idx.end(), 0);
   Rng rng(seed, kPackStream);
-  for (int k = 0; k < m; ++k) std::swap(idx[static_cast<size_t>(k)], idx[k + rng.below(static_cast<uint32_t>(n - k))]);
+  for (int k = 0; k < m; ++k)
+    std::swap(idx[static_cast<size_t>(k)], idx[k + rng.below(static_cast<uint32_t>(n - k))]);
   fill(f, idx.data(), m, origin, out.subset);
 }
 

@@ -67,11 +67,11 @@ bool spans_at_most_a_line(const double* x, const double* y, const double* z, int
 }
 
 // True when every value is finite (NaN fails the comparison); written to vectorise.
-TRANSPOSE_HOT
-bool all_finite(const double* x, size_t n) {
+template <class T>
+TRANSPOSE_HOT bool all_finite(const T* x, size_t n) {
   int ok = 1;
 #pragma omp simd reduction(& : ok)
-  for (size_t i = 0; i < n; ++i) ok &= std::fabs(x[i]) <= std::numeric_limits<double>::max() ? 1 : 0;
+  for (size_t i = 0; i < n; ++i) ok &= std::fabs(x[i]) <= std::numeric_limits<T>::max() ? 1 : 0;
   return ok != 0;
 }
 
@@ -82,10 +82,9 @@ int check_spread(const Frame& f) {
   return kOk;
 }
 
-}  // namespace
-
-int build_frame(const double* pixels, const double* points, const double* camera_points, const double* weights,
-                int n_total, const Intrinsics& K, Frame& f) {
+template <class T>
+int build_frame_from(const double* pixels, const T* points, long stride, long step, const double* camera_points,
+                     const double* weights, int n_total, const Intrinsics& K, Frame& f) {
   if (!(std::isfinite(K.fx) && std::isfinite(K.fy) && std::isfinite(K.cx) && std::isfinite(K.cy)) ||
       !(K.fx > 0.0) || !(K.fy > 0.0))
     return kBadIntrinsics;
@@ -94,7 +93,8 @@ int build_frame(const double* pixels, const double* points, const double* camera
   f.wsum = 0.0;
   const size_t cap = static_cast<size_t>(n_total);
   if (!weights && !camera_points) {
-    // Every correspondence counts: straight copies instead of the filtering loop below.
+    // Every correspondence counts: straight copies instead of the filtering loop below. Both point
+    // layouts fill 3 * n_total consecutive values.
     if (!all_finite(pixels, 2 * cap) || !all_finite(points, 3 * cap)) return kNonFinite;
     f.u.resize(cap); f.v.resize(cap); f.X.resize(cap); f.Y.resize(cap); f.Z.resize(cap);
     f.uc.resize(cap); f.vc.resize(cap);
@@ -113,9 +113,10 @@ int build_frame(const double* pixels, const double* points, const double* camera
     for (size_t i = 0; i < cap; ++i) {
       u[i] = pixels[2 * i];
       v[i] = pixels[2 * i + 1];
-      X[i] = points[3 * i];
-      Y[i] = points[3 * i + 1];
-      Z[i] = points[3 * i + 2];
+      const T* p = points + static_cast<long>(i) * stride;
+      X[i] = p[0];
+      Y[i] = p[step];
+      Z[i] = p[2 * step];
       uc[i] = u[i] - K.cx;
       vc[i] = v[i] - K.cy;
       original[i] = static_cast<int>(i);
@@ -137,7 +138,9 @@ int build_frame(const double* pixels, const double* points, const double* camera
       if (std::isnan(camera_points[3 * i + 2])) return kNonFinite;
       continue;  // missing depth
     }
-    const double* p = points + 3 * i;
+    const T* pi = points + static_cast<long>(i) * stride;
+    const double p[3] = {static_cast<double>(pi[0]), static_cast<double>(pi[step]),
+                         static_cast<double>(pi[2 * step])};
     const double* q = pixels + 2 * i;
     if (!(std::isfinite(p[0]) && std::isfinite(p[1]) && std::isfinite(p[2]) && std::isfinite(q[0]) &&
           std::isfinite(q[1])))
@@ -177,6 +180,15 @@ int build_frame(const double* pixels, const double* points, const double* camera
     f.vc[i] = f.v[i] - K.cy;
   }
   return check_spread(f);
+}
+
+}  // namespace
+
+int build_frame(const double* pixels, const PointArray& points, const double* camera_points, const double* weights,
+                int n_total, const Intrinsics& K, Frame& f) {
+  if (points.f32)
+    return build_frame_from(pixels, points.f32, points.stride, points.step, camera_points, weights, n_total, K, f);
+  return build_frame_from(pixels, points.f64, points.stride, points.step, camera_points, weights, n_total, K, f);
 }
 
 }  // namespace transpose

@@ -57,8 +57,9 @@ def check_intrinsics(K: np.ndarray, name: str = "K") -> np.ndarray:
     if K.shape != (3, 3):
         raise ValueError(f"{name}: expected a 3x3 intrinsics matrix, got shape {K.shape}")
     # Checked on Python floats: nine numpy scalar look-ups cost more than the whole pose solver's setup.
-    (fx, _, _), (k10, fy, _), (k20, k21, k22) = rows = K.tolist()
-    if not all(math.isfinite(v) for row in rows for v in row):
+    values = K.ravel().tolist()
+    fx, _, _, k10, fy, _, k20, k21, k22 = values
+    if not all(map(math.isfinite, values)):
         raise ValueError(f"{name}: intrinsics contain NaN or inf")
     if fx <= 0 or fy <= 0:
         raise ValueError(f"{name}: focal lengths must be positive, got fx={fx}, fy={fy}")
@@ -96,8 +97,7 @@ def invert_pose(T: np.ndarray) -> np.ndarray:
     out = np.zeros_like(T)
     Rt = np.swapaxes(R, -1, -2)
     out[..., :3, :3] = Rt
-    # A single pose (every localized frame) skips einsum's set-up cost.
-    out[..., :3, 3] = -(Rt @ t) if T.ndim == 2 else -np.einsum("...ij,...j->...i", Rt, t)
+    out[..., :3, 3] = -np.einsum("...ij,...j->...i", Rt, t)
     out[..., 3, 3] = 1.0
     return out
 

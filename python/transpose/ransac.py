@@ -142,6 +142,9 @@ class PoseResult:
 
 # --------------------------------------------------------------------------- input checks
 
+_REAL_KINDS = "fiu"  # numpy dtype kinds accepted as real values: float, signed and unsigned integer
+
+
 def _to_numpy(x: ArrayLike, name: str) -> np.ndarray:
     """numpy view/copy of an array or (any-device) torch tensor; ValueError for other objects."""
     if hasattr(x, "detach") and hasattr(x, "cpu"):  # torch tensor, without importing torch
@@ -156,7 +159,7 @@ def _to_numpy(x: ArrayLike, name: str) -> np.ndarray:
 def _as_float(x: ArrayLike, name: str, shape: Tuple[Optional[int], ...]) -> np.ndarray:
     """float64 C-contiguous array with the given shape (None = any size); checks dtype and shape."""
     arr = _to_numpy(x, name)
-    if arr.dtype == bool or not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
+    if arr.dtype.kind not in _REAL_KINDS:
         raise ValueError(f"{name}: expected a real-valued float array, got dtype {arr.dtype}")
     want = "(" + ", ".join("N" if s is None else str(s) for s in shape) + ")"
     if arr.ndim != len(shape) or any(s is not None and s != d for s, d in zip(shape, arr.shape)):
@@ -186,10 +189,10 @@ def _as_weights(x: Optional[ArrayLike], name: str, shape: Tuple[int, ...]) -> Op
 
 def _intrinsics(K: ArrayLike, name: str = "K") -> np.ndarray:
     """(fx, fy, cx, cy) from a 3x3 pinhole matrix, checked by geometry.check_intrinsics."""
-    K = geometry.check_intrinsics(_to_numpy(K, name), name)
-    if K[0, 1] != 0:
+    (fx, skew, cx), (_, fy, cy), _ = geometry.check_intrinsics(_to_numpy(K, name), name).tolist()
+    if skew != 0:
         raise ValueError(f"{name}: skewed intrinsics (K[0, 1] != 0) are not supported")
-    return np.array([K[0, 0], K[1, 1], K[0, 2], K[1, 2]], dtype=np.float64)
+    return np.array((fx, fy, cx, cy))
 
 
 def _options(options: dict) -> RansacOptions:
@@ -202,7 +205,7 @@ def _options(options: dict) -> RansacOptions:
 
 def _check_finite(values: np.ndarray, valid: Optional[np.ndarray], name: str) -> None:
     """Raise when a valid row of ``values (N, C)`` holds NaN or inf."""
-    if np.isfinite(values.sum()):  # fast path: a finite sum means every entry is finite
+    if math.isfinite(values.sum()):  # fast path: a finite sum means every entry is finite
         return
     bad = ~np.isfinite(values).all(axis=-1)
     if valid is not None:
@@ -229,8 +232,7 @@ def _count_valid(weights: Optional[np.ndarray], n: int, name: str) -> None:
 
 
 def _result(d: dict, cells_shape: Tuple[int, ...]) -> PoseResult:
-    R, t = d["R"], d["t"]
-    pose = geometry.invert_pose(geometry.make_pose(R, t))
+    R, t, pose = d["R"], d["t"], d["pose"]
     extra = {k: d.get(k) for k in ("hypotheses_R", "hypotheses_t", "logits", "samples", "refined_R", "refined_t")}
     return PoseResult(R=R, t=t, pose=pose, inliers=d["inliers"].reshape(cells_shape), score=float(d["score"]),
                       num_inliers=int(d["num_inliers"]), num_hypotheses=int(d["num_hypotheses"]),
@@ -246,17 +248,27 @@ def _pixel_grid(H: int, W: int, stride: int) -> np.ndarray:
     return grid
 
 
-def _map_points(coords: ArrayLike, name: str, lead: Tuple[Optional[int], ...] = ()) -> np.ndarray:
-    """``(..., 3, H, W)`` map -> float64 ``(..., H * W, 3)`` points in one copy (dtype and shape checked)."""
+def _map_planes(coords: ArrayLike, name: str, lead: Tuple[Optional[int], ...] = ()) -> np.ndarray:
+    """``(..., 3, H, W)`` map -> ``(..., 3, H * W)`` planes, float32 or float64 (dtype and shape checked;
+    a contiguous float32 / float64 map is used as it is, which keeps the per-frame cost of the core's
+    entry points low)."""
     arr = _to_numpy(coords, name)
     shape = lead + (3, None, None)
-    if arr.dtype == bool or not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
+    if arr.dtype.kind not in _REAL_KINDS:
         raise ValueError(f"{name}: expected a real-valued float array, got dtype {arr.dtype}")
     if arr.ndim != len(shape) or any(s is not None and s != d for s, d in zip(shape, arr.shape)):
         want = "(" + ", ".join("N" if s is None else str(s) for s in shape) + ")"
         want = want.replace("N, 3, N, N", "B, 3, H, W").replace("(3, N, N)", "(3, H, W)")
         raise ValueError(f"{name}: expected shape {want}, got {tuple(arr.shape)}")
     flat = arr.reshape(arr.shape[:-2] + (-1,))
+    if flat.dtype != np.float32:
+        flat = flat.astype(np.float64, copy=False)
+    return np.ascontiguousarray(flat)
+
+
+def _map_points(coords: ArrayLike, name: str, lead: Tuple[Optional[int], ...] = ()) -> np.ndarray:
+    """``(..., 3, H, W)`` map -> float64 ``(..., H * W, 3)`` points (dtype and shape checked)."""
+    flat = _map_planes(coords, name, lead)
     # One row at a time: numpy's transposing copy of the whole map is ~3x slower.
     out = np.empty(flat.shape[:-2] + (flat.shape[-1], 3))
     for k in range(3):
@@ -272,14 +284,14 @@ def _check_stride(stride: Any) -> int:
 
 def _map_correspondences(coords: ArrayLike, stride: int, mask: Optional[ArrayLike], weights: Optional[ArrayLike],
                          name: str = "coords"):
-    """Flatten a (3, H, W) map: pixels (H*W, 2), points (H*W, 3), weights (H*W,) or None, (H, W)."""
-    points = _map_points(coords, name)
-    H, W = _to_numpy(coords, name).shape[1:]
+    """Flatten a (3, H, W) map: pixels (H*W, 2), points as (3, H*W) planes, weights (H*W,) or None, (H, W)."""
+    points = _map_planes(coords, name)
+    H, W = np.shape(coords)[1:]
     stride = _check_stride(stride)
     m = _as_mask(mask, "mask", (H, W))
     w = _as_weights(weights, "weights", (H, W))
     wflat = _combine(None if m is None else m.reshape(-1), None if w is None else w.reshape(-1))
-    _check_finite(points, None if wflat is None else wflat > 0, name)
+    _check_finite(points.T, None if wflat is None else wflat > 0, name)
     return _pixel_grid(H, W, stride), points, wflat, (H, W)
 
 
@@ -305,9 +317,9 @@ def estimate_pose(coords: ArrayLike, K: ArrayLike, stride: int = 8, *, mask: Opt
     """
     opts = _options(options)
     Kv = _intrinsics(K)
-    pixels, points, w, shape = _map_correspondences(coords, stride, mask, weights)
-    _count_valid(w, points.shape[0], "coords")
-    return _result(_core.ransac(pixels, points, None, w, Kv, opts.to_core()), shape)
+    pixels, planes, w, shape = _map_correspondences(coords, stride, mask, weights)
+    _count_valid(w, planes.shape[1], "coords")
+    return _result(_core.ransac(pixels, planes, None, w, Kv, opts.to_core(), planes=True), shape)
 
 
 def estimate_pose_from_points(pixels: ArrayLike, points: ArrayLike, K: ArrayLike, *,
@@ -391,7 +403,7 @@ def estimate_pose_batch(coords: ArrayLike, K: ArrayLike, stride: int = 8, *, mas
         list of ``B`` :class:`PoseResult`.
     """
     opts = _options(dict(options, seed=int(seed) if np.isscalar(seed) else 0))
-    points = _map_points(coords, "coords", (None,))
+    planes = _map_planes(coords, "coords", (None,))
     B, _, H, W = _to_numpy(coords, "coords").shape
     if B == 0:
         return []
@@ -415,10 +427,10 @@ def estimate_pose_batch(coords: ArrayLike, K: ArrayLike, stride: int = 8, *, mas
     wts = _as_weights(weights, "weights", (B, H, W))
     w = _combine(None if m is None else m.reshape(B, -1), None if wts is None else wts.reshape(B, -1))
     for b in range(B):
-        _check_finite(points[b], None if w is None else w[b] > 0, f"coords[{b}]")
+        _check_finite(planes[b].T, None if w is None else w[b] > 0, f"coords[{b}]")
         _count_valid(None if w is None else w[b], H * W, f"coords[{b}]")
     pixels = np.ascontiguousarray(np.broadcast_to(_pixel_grid(H, W, stride), (B, H * W, 2)))
-    out = _core.ransac_batch(pixels, points, None, w, Kv, seeds, opts.to_core(), int(num_threads))
+    out = _core.ransac_batch(pixels, planes, None, w, Kv, seeds, opts.to_core(), int(num_threads), planes=True)
     return [_result(d, (H, W)) for d in out]
 
 
