@@ -27,6 +27,7 @@ the core runs. Bad input raises ``ValueError`` naming the argument.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 from dataclasses import dataclass
@@ -284,15 +285,29 @@ def _check_stride(stride: Any) -> int:
 
 def _map_correspondences(coords: ArrayLike, stride: int, mask: Optional[ArrayLike], weights: Optional[ArrayLike],
                          name: str = "coords"):
-    """Flatten a (3, H, W) map: pixels (H*W, 2), points as (3, H*W) planes, weights (H*W,) or None, (H, W)."""
+    """Flatten a (3, H, W) map: pixels (H*W, 2), points as (3, H*W) planes, weights (H*W,) or None, (H, W).
+
+    Finiteness is left to the core (see _named_core_error)."""
     points = _map_planes(coords, name)
     H, W = np.shape(coords)[1:]
     stride = _check_stride(stride)
     m = _as_mask(mask, "mask", (H, W))
     w = _as_weights(weights, "weights", (H, W))
     wflat = _combine(None if m is None else m.reshape(-1), None if w is None else w.reshape(-1))
-    _check_finite(points.T, None if wflat is None else wflat > 0, name)
     return _pixel_grid(H, W, stride), points, wflat, (H, W)
+
+
+@contextlib.contextmanager
+def _named_core_error(planes: np.ndarray, weights: Optional[np.ndarray], names: Sequence[str]):
+    """The core checks coordinate maps for NaN / inf itself (one vectorised pass, cheaper than a
+    numpy check on every frame); when it raises, name the map (frame) at fault if that was it.
+    ``planes``: (B, 3, N) maps, ``weights``: (B, N) or None, ``names``: one per map."""
+    try:
+        yield
+    except ValueError:
+        for b, name in enumerate(names):
+            _check_finite(planes[b].T, None if weights is None else weights[b] > 0, name)
+        raise
 
 
 # --------------------------------------------------------------------------- estimators
@@ -319,7 +334,9 @@ def estimate_pose(coords: ArrayLike, K: ArrayLike, stride: int = 8, *, mask: Opt
     Kv = _intrinsics(K)
     pixels, planes, w, shape = _map_correspondences(coords, stride, mask, weights)
     _count_valid(w, planes.shape[1], "coords")
-    return _result(_core.ransac(pixels, planes, None, w, Kv, opts.to_core(), planes=True), shape)
+    with _named_core_error(planes[None], None if w is None else w[None], ["coords"]):
+        d = _core.ransac(pixels, planes, None, w, Kv, opts.to_core(), planes=True)
+    return _result(d, shape)
 
 
 def estimate_pose_from_points(pixels: ArrayLike, points: ArrayLike, K: ArrayLike, *,
@@ -427,10 +444,10 @@ def estimate_pose_batch(coords: ArrayLike, K: ArrayLike, stride: int = 8, *, mas
     wts = _as_weights(weights, "weights", (B, H, W))
     w = _combine(None if m is None else m.reshape(B, -1), None if wts is None else wts.reshape(B, -1))
     for b in range(B):
-        _check_finite(planes[b].T, None if w is None else w[b] > 0, f"coords[{b}]")
         _count_valid(None if w is None else w[b], H * W, f"coords[{b}]")
     pixels = np.ascontiguousarray(np.broadcast_to(_pixel_grid(H, W, stride), (B, H * W, 2)))
-    out = _core.ransac_batch(pixels, planes, None, w, Kv, seeds, opts.to_core(), int(num_threads), planes=True)
+    with _named_core_error(planes, w, [f"coords[{b}]" for b in range(B)]):
+        out = _core.ransac_batch(pixels, planes, None, w, Kv, seeds, opts.to_core(), int(num_threads), planes=True)
     return [_result(d, (H, W)) for d in out]
 
 
