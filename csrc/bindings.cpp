@@ -6,6 +6,7 @@
 #include <pybind11/stl.h>
 
 #include <cmath>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -21,6 +22,14 @@
 #include "core/ransac.h"
 #include "core/refine.h"
 #include "core/scoring.h"
+#include "cuda/map_ransac.h"
+#include "cuda/score_host.h"
+#ifndef TRANSPOSE_HAVE_CUDA
+#define TRANSPOSE_HAVE_CUDA 0
+#endif
+#if TRANSPOSE_HAVE_CUDA
+#include "cuda/score_cuda.h"
+#endif
 
 namespace py = pybind11;
 using namespace transpose;
@@ -38,7 +47,7 @@ static int max_threads() {
 namespace {
 
 // Require `a` to have `ndim` dims with the given sizes (-1: any); returns the sizes.
-std::vector<py::ssize_t> expect_shape(const Array& a, const char* name, std::vector<py::ssize_t> shape) {
+std::vector<py::ssize_t> expect_shape(const py::array& a, const char* name, std::vector<py::ssize_t> shape) {
   bool ok = a.ndim() == static_cast<py::ssize_t>(shape.size());
   std::vector<py::ssize_t> dims;
   for (py::ssize_t d = 0; d < a.ndim(); ++d) dims.push_back(a.shape(d));
@@ -488,6 +497,200 @@ py::tuple pose_loss_py(const Array& R, const Array& t, const Array& gt_R, const 
   return py::make_tuple(loss, grad);
 }
 
+// ---------------------------------------------------------------- batched scoring of dense maps (GPU + host twin)
+
+// Calls fn(T{}) with T = float for float32 maps (read as they are, like the kernel reads them) and
+// T = double otherwise.
+template <typename Fn>
+auto with_map_type(bool float32, Fn&& fn) {
+  return float32 ? fn(float{}) : fn(double{});
+}
+
+bool is_float32(const py::object& obj) {
+  return py::isinstance<py::array>(obj) && py::reinterpret_borrow<py::array>(obj).dtype().is(py::dtype::of<float>());
+}
+
+template <typename T>
+DenseMaps<T> dense_maps(const T* coords, const double* weights, py::ssize_t B, py::ssize_t H, py::ssize_t W,
+                        double stride) {
+  if (!(stride > 0.0) || !std::isfinite(stride)) throw py::value_error("stride must be positive");
+  if (B < 0 || H < 0 || W < 0 || H * W > (py::ssize_t(1) << 30)) throw py::value_error("coords: bad map size");
+  DenseMaps<T> m;
+  m.coords = coords;
+  m.weights = weights;
+  m.batch = static_cast<int>(B);
+  m.height = static_cast<int>(H);
+  m.width = static_cast<int>(W);
+  m.stride = stride;
+  return m;
+}
+
+// Host maps from a (B, 3, H, W) array and optional (B, H, W) weights (holders keep them alive).
+template <typename T>
+DenseMaps<T> host_maps(const py::object& coords, const py::object& weights, double stride,
+                       py::array_t<T, py::array::c_style | py::array::forcecast>& holder, Array& w_holder) {
+  holder = py::array_t<T, py::array::c_style | py::array::forcecast>::ensure(coords);
+  if (!holder) throw py::value_error("coords: expected a float array");
+  const auto d = expect_shape(holder, "coords", {-1, 3, -1, -1});
+  const double* w = optional_array(weights, w_holder, "weights", {d[0], d[2], d[3]});
+  return dense_maps(holder.data(), w, d[0], d[2], d[3], stride);
+}
+
+std::vector<FrameIntrinsics> frame_intrinsics(const Array& K, py::ssize_t B) {
+  expect_shape(K, "K", {B, 4});
+  std::vector<FrameIntrinsics> out(static_cast<size_t>(B));
+  for (py::ssize_t b = 0; b < B; ++b) {
+    const double* k = K.data() + 4 * b;
+    out[static_cast<size_t>(b)] = FrameIntrinsics{k[0], k[1], k[2], k[3]};
+  }
+  return out;
+}
+
+// Hypotheses R (B, M, 3, 3), t (B, M, 3) -> poses (B * M); M into `M`.
+std::vector<Pose> hypotheses_from(const Array& R, const Array& t, py::ssize_t B, int& M) {
+  M = static_cast<int>(expect_shape(R, "R", {B, -1, 3, 3})[1]);
+  expect_shape(t, "t", {B, M, 3});
+  std::vector<Pose> poses(static_cast<size_t>(B * M));
+  for (size_t k = 0; k < poses.size(); ++k) {
+    std::copy(R.data() + 9 * k, R.data() + 9 * k + 9, poses[k].R);
+    std::copy(t.data() + 3 * k, t.data() + 3 * k + 3, poses[k].t);
+  }
+  return poses;
+}
+
+// Scores of hypotheses (R, t) on maps by `score(poses, M, sp, scores, inliers)` -> (scores (B, M), inliers (B, M)).
+template <typename Score>
+py::tuple score_maps(py::ssize_t B, const Array& R, const Array& t, double threshold, double max_err, Score&& score) {
+  int M = 0;
+  const auto poses = hypotheses_from(R, t, B, M);
+  if (!(threshold > 0.0)) throw py::value_error("threshold must be positive");
+  py::array_t<double> scores({B, py::ssize_t(M)});
+  py::array_t<int> inliers({B, py::ssize_t(M)});
+  double* s = scores.mutable_data();
+  int* n = inliers.mutable_data();
+  {
+    py::gil_scoped_release release;
+    score(poses.data(), M, make_score_params(threshold, max_err), s, n);
+  }
+  return py::make_tuple(scores, inliers);
+}
+
+// Test-mode RANSAC of host maps with `scorer` doing the heavy part -> list of result dicts.
+template <typename T>
+py::list ransac_maps(const DenseMaps<T>& host, const std::vector<FrameIntrinsics>& K,
+                     const std::vector<uint64_t>& seeds, const py::dict& opts, int threads, const BatchScorer& scorer,
+                     const std::function<void(DenseMaps<T>&)>& fetch = nullptr) {
+  if (static_cast<int>(seeds.size()) != host.batch) throw py::value_error("seeds: expected one seed per frame");
+  const RansacOptions o = options_from(opts);
+  if (o.training || o.adaptive)
+    throw py::value_error("batched (GPU) scoring runs the fixed-count test mode only; training and adaptive "
+                          "RANSAC run on the CPU core");
+  std::vector<RansacResult> results;
+  {
+    py::gil_scoped_release release;
+    DenseMaps<T> maps = host;
+    if (fetch) fetch(maps);  // device maps: point `maps` at a host copy
+    std::vector<Frame> frames;
+    std::vector<int> status;
+    frames_from_maps(maps, K.data(), threads, frames, status);
+    ransac_batch_scored(frames, status, o, seeds, threads, scorer, results);
+  }
+  py::list out;
+  for (size_t b = 0; b < results.size(); ++b) {
+    if (results[b].status != kOk)
+      throw py::value_error("frame " + std::to_string(b) + ": " + status_message(results[b].status));
+    out.append(result_dict(results[b]));
+  }
+  return out;
+}
+
+py::tuple score_host_py(const py::object& coords, const py::object& weights, const Array& K, double stride,
+                        const Array& R, const Array& t, double threshold, double max_err, int num_threads) {
+  return with_map_type(is_float32(coords), [&](auto tag) {
+    using T = decltype(tag);
+    py::array_t<T, py::array::c_style | py::array::forcecast> holder;
+    Array w_holder;
+    const DenseMaps<T> maps = host_maps<T>(coords, weights, stride, holder, w_holder);
+    const auto Kv = frame_intrinsics(K, maps.batch);
+    return score_maps(maps.batch, R, t, threshold, max_err,
+                      [&](const Pose* poses, int M, const ScoreParams& sp, double* s, int* n) {
+                        score_hypotheses_host(maps, Kv.data(), poses, M, sp, s, n, num_threads);
+                      });
+  });
+}
+
+py::list ransac_maps_host_py(const py::object& coords, const py::object& weights, const Array& K, double stride,
+                             const std::vector<uint64_t>& seeds, const py::dict& opts, int num_threads) {
+  return with_map_type(is_float32(coords), [&](auto tag) {
+    using T = decltype(tag);
+    py::array_t<T, py::array::c_style | py::array::forcecast> holder;
+    Array w_holder;
+    const DenseMaps<T> maps = host_maps<T>(coords, weights, stride, holder, w_holder);
+    const auto Kv = frame_intrinsics(K, maps.batch);
+    return ransac_maps<T>(maps, Kv, seeds, opts, num_threads,
+                          [&](const Pose* poses, int M, const ScoreParams& sp, double* s, int* n) {
+                            score_hypotheses_host(maps, Kv.data(), poses, M, sp, s, n, num_threads);
+                          });
+  });
+}
+
+#if TRANSPOSE_HAVE_CUDA
+
+// Maps on the GPU: `coords` and `weights` (0: none) are device addresses of contiguous tensors.
+bool device_float32(const std::string& dtype) {
+  if (dtype != "float32" && dtype != "float64")
+    throw py::value_error("coords: the GPU path reads float32 or float64 maps, got " + dtype);
+  return dtype == "float32";
+}
+
+py::tuple score_cuda_py(uintptr_t coords, const std::string& dtype, uintptr_t weights, py::ssize_t B, py::ssize_t H,
+                        py::ssize_t W, const Array& K, double stride, const Array& R, const Array& t,
+                        double threshold, double max_err, int device, uintptr_t stream) {
+  return with_map_type(device_float32(dtype), [&](auto tag) {
+    using T = decltype(tag);
+    const DenseMaps<T> maps = dense_maps(reinterpret_cast<const T*>(coords),
+                                         reinterpret_cast<const double*>(weights), B, H, W, stride);
+    const auto Kv = frame_intrinsics(K, B);
+    return score_maps(B, R, t, threshold, max_err,
+                      [&](const Pose* poses, int M, const ScoreParams& sp, double* s, int* n) {
+                        score_hypotheses_cuda(maps, Kv.data(), poses, M, sp, s, n, device, stream);
+                      });
+  });
+}
+
+py::list ransac_maps_cuda_py(uintptr_t coords, const std::string& dtype, uintptr_t weights, py::ssize_t B,
+                             py::ssize_t H, py::ssize_t W, const Array& K, double stride,
+                             const std::vector<uint64_t>& seeds, const py::dict& opts, int num_threads, int device,
+                             uintptr_t stream) {
+  return with_map_type(device_float32(dtype), [&](auto tag) {
+    using T = decltype(tag);
+    const DenseMaps<T> d_maps = dense_maps(reinterpret_cast<const T*>(coords),
+                                           reinterpret_cast<const double*>(weights), B, H, W, stride);
+    const auto Kv = frame_intrinsics(K, B);
+    // Sampling and refinement read a host copy (B x 60 KB at 80x60); the kernel reads the maps in place.
+    std::vector<T> host_coords;
+    std::vector<double> host_weights;
+    auto fetch = [&](DenseMaps<T>& maps) {
+      const size_t cells = static_cast<size_t>(maps.batch) * static_cast<size_t>(maps.cells());
+      host_coords.resize(3 * cells);
+      cuda_copy_to_host(host_coords.data(), maps.coords, sizeof(T) * 3 * cells, device, stream);
+      maps.coords = host_coords.data();
+      if (maps.weights) {
+        host_weights.resize(cells);
+        cuda_copy_to_host(host_weights.data(), maps.weights, sizeof(double) * cells, device, stream);
+        maps.weights = host_weights.data();
+      }
+    };
+    return ransac_maps<T>(d_maps, Kv, seeds, opts, num_threads,
+                          [&](const Pose* poses, int M, const ScoreParams& sp, double* s, int* n) {
+                            score_hypotheses_cuda(d_maps, Kv.data(), poses, M, sp, s, n, device, stream);
+                          },
+                          fetch);
+  });
+}
+
+#endif  // TRANSPOSE_HAVE_CUDA
+
 }  // namespace
 
 PYBIND11_MODULE(_core, m) {
@@ -531,4 +734,31 @@ PYBIND11_MODULE(_core, m) {
   m.def("pose_loss", &pose_loss_py, py::arg("R"), py::arg("t"), py::arg("gt_R"), py::arg("gt_t"),
         py::arg("weight_rot") = 1.0, py::arg("weight_trans") = 100.0, py::arg("cut") = 100.0,
         "DSAC* pose loss of world-to-camera poses -> (loss, d loss / d(w, dt) (6,) left perturbation).");
+
+  // Batched scoring of dense maps (B, 3, H, W): the GPU path and its host twin (same per-cell code).
+  m.def("has_cuda", []() { return bool(TRANSPOSE_HAVE_CUDA); },
+        "True when the CUDA kernels were compiled in (TRANSPOSE_CUDA=ON with a CUDA compiler).");
+  m.def("score_hypotheses_host", &score_host_py, py::arg("coords"), py::arg("weights") = py::none(), py::arg("K"),
+        py::arg("stride"), py::arg("R"), py::arg("t"), py::arg("threshold") = 10.0,
+        py::arg("max_reprojection_error") = 100.0, py::arg("num_threads") = 0,
+        "Host twin of the GPU scorer: coords (B, 3, H, W) float32/float64, weights (B, H, W) or None, K (B, 4), "
+        "R (B, M, 3, 3), t (B, M, 3) world-to-camera -> (soft scores (B, M), hard inlier counts (B, M)).");
+  m.def("ransac_maps_host", &ransac_maps_host_py, py::arg("coords"), py::arg("weights") = py::none(), py::arg("K"),
+        py::arg("stride"), py::arg("seeds"), py::arg("options") = py::dict(), py::arg("num_threads") = 0,
+        "The GPU path's RANSAC driver with the host twin as scorer: coords (B, 3, H, W), weights (B, H, W) or None, "
+        "K (B, 4), seeds (B,) -> list of result dicts as ransac_batch (fixed-count test mode).");
+#if TRANSPOSE_HAVE_CUDA
+  m.def("cuda_device_count", &cuda_device_count, "CUDA devices the runtime sees (0 without driver or device).");
+  m.def("score_hypotheses_cuda", &score_cuda_py, py::arg("coords"), py::arg("dtype"), py::arg("weights"),
+        py::arg("batch"), py::arg("height"), py::arg("width"), py::arg("K"), py::arg("stride"), py::arg("R"),
+        py::arg("t"), py::arg("threshold") = 10.0, py::arg("max_reprojection_error") = 100.0, py::arg("device") = 0,
+        py::arg("stream") = 0,
+        "score_hypotheses_host on the GPU: coords / weights are device addresses of contiguous (B, 3, H, W) "
+        "float32/float64 and (B, H, W) float64 (0: none) tensors on `device`, ordered on `stream`.");
+  m.def("ransac_maps_cuda", &ransac_maps_cuda_py, py::arg("coords"), py::arg("dtype"), py::arg("weights"),
+        py::arg("batch"), py::arg("height"), py::arg("width"), py::arg("K"), py::arg("stride"), py::arg("seeds"),
+        py::arg("options") = py::dict(), py::arg("num_threads") = 0, py::arg("device") = 0, py::arg("stream") = 0,
+        "RANSAC of B maps on the GPU (sampling and refinement on the CPU from a host copy, every hypothesis "
+        "scored by the kernel): device addresses as score_hypotheses_cuda -> list of result dicts.");
+#endif
 }

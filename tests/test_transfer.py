@@ -173,3 +173,21 @@ def test_depth_task_learns_and_mlr_trains_on_top_of_it(scene, tmp_path):
     image = torch.zeros(1, 1, 48, 64)
     coords, _ = net(image)
     assert coords.shape == (1, 3, 6, 8)
+
+
+def test_cluster_head_trains_with_nce_across_sections(scene, tmp_path):
+    net_path = tmp_path / "cl.net"
+    code = cli._run("train_init", _train_args(scene, net_path, "--section", "train_sim,train_real", "--clusters", "16",
+                                              "--contrastive", "0.5", "--iterations", "60", "--uncertainty", "--no_augment"))
+    assert code == 0
+    log = read_csv_log(tmp_path / "cl_log" / "log.csv")
+    assert np.isfinite(log["supcon"]).all() and "cluster_accuracy" in log
+    assert len(log["loss_coords"]) == 6 and log["loss_coords"][-1] < 0.95 * log["loss_coords"][0]
+    assert log["cluster_accuracy"][-1] > 2 / 16  # above chance
+    net, options = load_network(net_path)
+    assert options["num_clusters"] == 16
+    # the centres are the k-means centres of both sections' targets, inside the room
+    centers = net.scr.cluster_centers
+    assert centers.shape == (16, 3) and torch.isfinite(centers).all() and centers.abs().max() < 10
+    coords, sigma = net(torch.zeros(1, 1, 48, 64))
+    assert coords.shape == (1, 3, 6, 8) and sigma.shape == (1, 1, 6, 8)

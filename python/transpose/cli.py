@@ -80,6 +80,10 @@ def train_init_parser() -> argparse.ArgumentParser:
     p.add_argument("--image_height", type=_positive(int, "--image_height"), default=None,
                    help="resize images to this height (DSAC* uses 480); default: keep")
     p.add_argument("--no_augment", action="store_true", help="disable scale / rotation / photometric augmentation")
+    p.add_argument("--aug_scale", type=float, nargs=2, default=(2 / 3, 3 / 2), metavar=("MIN", "MAX"),
+                   help="random zoom range (default DSAC*'s 0.667 1.5)")
+    p.add_argument("--aug_rotation", type=float, default=30.0,
+                   help="random in-plane rotation range in degrees, +- (default DSAC*'s 30)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--checkpoint_every", type=_positive(int, "--checkpoint_every"), default=1000)
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in <network>")
@@ -109,7 +113,8 @@ def _init_config_from_args(args: argparse.Namespace):
         loss=InitLossConfig(mode=args.mode, softclamp=args.softclamp, hardclamp=args.hardclamp,
                             mindepth=args.mindepth, inittolerance=args.inittolerance, targetdepth=args.targetdepth),
         sparse=args.sparse, uncertainty=args.uncertainty, nll_weight=args.nll_weight, width=args.width,
-        norm=args.norm, clusters=args.clusters, tiny=args.tiny, image_height=args.image_height, augment=not args.no_augment, seed=args.seed,
+        norm=args.norm, clusters=args.clusters, tiny=args.tiny, image_height=args.image_height, augment=not args.no_augment,
+        aug_scale=tuple(args.aug_scale), aug_rotation=args.aug_rotation, seed=args.seed,
         checkpoint_every=args.checkpoint_every, resume=args.resume, max_minutes=args.max_minutes,
         num_workers=args.workers, device=args.device, logdir=args.logdir, root=args.root)
 

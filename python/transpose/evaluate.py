@@ -126,24 +126,34 @@ class FrameResult:
     extra: Dict[str, Any] = field(default_factory=dict)
 
 
-def solve_frame(coords: np.ndarray, K: np.ndarray, sigma: Optional[np.ndarray], opts: RansacOptions,
+def solve_frame(coords: Any, K: np.ndarray, sigma: Any, opts: RansacOptions,
                 depth: Optional[np.ndarray] = None, stride: int = 8):
-    """Run the native RANSAC on one predicted map ``coords (3, h, w)``; returns the ransac result."""
+    """Run the native RANSAC on one predicted map ``coords (3, h, w)``; returns the ransac result.
+
+    ``coords`` and ``sigma (h, w)`` are numpy arrays, or CUDA tensors for the GPU route of
+    :func:`transpose.ransac.estimate_pose` (the map stays on the GPU; uncertainty masks and weights
+    are made there too).
+    """
     from . import ransac
 
     mask = None
     weights = None
     if sigma is not None and opts.uncertainty == "drop":
-        mask = sigma <= np.quantile(sigma, opts.drop_quantile)
+        if hasattr(sigma, "quantile"):  # torch: same linear interpolation as np.quantile
+            sigma = sigma.double()
+            mask = sigma <= sigma.flatten().quantile(opts.drop_quantile)
+        else:
+            mask = sigma <= np.quantile(sigma, opts.drop_quantile)
     elif sigma is not None and opts.uncertainty == "weight":
-        weights = 1.0 / np.maximum(sigma, 1e-6)
+        weights = 1.0 / (sigma.double().clamp_min(1e-6) if hasattr(sigma, "clamp_min") else np.maximum(sigma, 1e-6))
     elif opts.uncertainty not in ("none", "drop", "weight"):
         raise ValueError(f"--uncertainty_use must be none, drop or weight, got '{opts.uncertainty}'")
     kwargs = dict(num_hypotheses=opts.hypotheses, threshold=opts.threshold, alpha=opts.inlieralpha,
                   max_reprojection_error=opts.maxpixelerror, seed=opts.seed, adaptive=opts.adaptive,
                   confidence=opts.confidence, mask=mask, weights=weights)
     if depth is not None:
-        # camera-frame points of the cells from the depth sampled at the cell centres
+        # camera-frame points of the cells from the depth sampled at the cell centres (CPU only)
+        coords = ransac._to_numpy(coords, "coords")
         h, w = coords.shape[1:]
         cam = geometry.backproject_depth(depth, K, pixels=geometry.cell_centers(h, w, stride))
         return ransac.estimate_pose_rgbd(cam.transpose(2, 0, 1), coords, K, **kwargs)
@@ -173,25 +183,39 @@ def localize_section(net, dataset, opts: RansacOptions, device=None, rgbd: bool 
         t0 = time.perf_counter()
         with torch.no_grad():
             coords_t, sigma_t = net(item["image"][None].to(device))
-        coords = coords_t[0].double().cpu().numpy()
-        sigma = None if sigma_t is None else sigma_t[0, 0].double().cpu().numpy()
+        # A network on a GPU hands its map to the GPU RANSAC as it is (no copy to the host for the
+        # solve) when the extension has the CUDA kernels; RGB-D and adaptive RANSAC run on the CPU.
+        on_gpu = coords_t.is_cuda and not rgbd and not opts.adaptive and _gpu_ransac_available()
+        if on_gpu:
+            torch.cuda.synchronize(coords_t.device)  # so that ms_network is the network's time
+            coords_in = coords_t[0]
+            sigma_in = None if sigma_t is None else sigma_t[0, 0]
+        else:
+            coords_in = coords_t[0].double().cpu().numpy()
+            sigma_in = None if sigma_t is None else sigma_t[0, 0].double().cpu().numpy()
         t1 = time.perf_counter()
         K = item["K"].double().numpy()
+        h, w = coords_t.shape[-2:]
         depth_cells = None
         if rgbd:
             if "depth" not in item:
                 raise ValueError(f"{dataset.section_dir}: --mode 2 (RGB-D) needs depth/ images")
-            h, w = coords.shape[1:]
             d = item["depth"].numpy()
             depth_cells = d[stride // 2::stride, stride // 2::stride][:h, :w]
-        result = solve_frame(coords, K, sigma, opts, depth=depth_cells, stride=stride)
+        result = solve_frame(coords_in, K, sigma_in, opts, depth=depth_cells, stride=stride)
         t2 = time.perf_counter()
+        # Metrics and saved maps after the timed part (on the GPU route only what they need comes over).
+        sigma = sigma_t[0, 0].double().cpu().numpy() if on_gpu and sigma_t is not None else sigma_in
         pose_gt = item["pose"].double().numpy()
         rot, trans = geometry.pose_errors(result.pose, pose_gt)
-        err_map = np.full(coords.shape[1:], np.nan)
+        err_map = np.full((h, w), np.nan)
         if "coords" in item:
             mask = item["mask"].numpy()
-            err = np.linalg.norm(coords - item["coords"].double().numpy(), axis=0)
+            if on_gpu:
+                target = item["coords"].to(coords_t.device, torch.float64)
+                err = torch.linalg.vector_norm(coords_t[0].double() - target, dim=0).cpu().numpy()
+            else:
+                err = np.linalg.norm(coords_in - item["coords"].double().numpy(), axis=0)
             err_map[mask] = err[mask]
         fr = FrameResult(item["name"], result.pose, pose_gt, float(rot), float(trans), int(result.num_inliers),
                          1000 * (t1 - t0), 1000 * (t2 - t1),
@@ -203,6 +227,7 @@ def localize_section(net, dataset, opts: RansacOptions, device=None, rgbd: bool 
             fr.extra["sigma_error"] = np.stack([sigma.reshape(-1)[pick], err_map.reshape(-1)[pick]])
         results.append(fr)
         if save_map_dir is not None:
+            coords = coords_t[0].double().cpu().numpy() if on_gpu else coords_in
             maps = {"coords": coords.astype(np.float32), "coord_error": err_map.astype(np.float32),
                     "pose_est": result.pose, "pose_gt": pose_gt, "K": K,
                     "rot_err_deg": np.float64(rot), "trans_err_m": np.float64(trans),
@@ -212,9 +237,16 @@ def localize_section(net, dataset, opts: RansacOptions, device=None, rgbd: bool 
             grey = item["image"][0].numpy() * dataset.std[0] + dataset.mean[0]
             maps["image"] = (np.clip(grey, 0, 1) * 255).astype(np.uint8)
             if item.get("depth") is not None:
-                maps["depth"] = item["depth"].numpy()[stride // 2::stride, stride // 2::stride][:coords.shape[1], :coords.shape[2]]
+                maps["depth"] = item["depth"].numpy()[stride // 2::stride, stride // 2::stride][:h, :w]
             io.save_npz(Path(save_map_dir) / f"{item['name']}.npz", **maps)
     return results
+
+
+def _gpu_ransac_available() -> bool:
+    """The GPU RANSAC route can run (CUDA kernels compiled in, a CUDA device usable)."""
+    from .ransac_gpu import cuda_available
+
+    return cuda_available()
 
 
 def summarize(results: Sequence[FrameResult]) -> Dict[str, float]:

@@ -24,6 +24,12 @@ Poses follow :mod:`transpose.geometry`: ``R, t`` map world to camera (``x_cam = 
 ``pose`` is the camera-to-world 4x4. A seed gives the same pose on every call and for any thread
 count. Inputs are numpy arrays or torch tensors (copied to CPU float64); the GIL is released while
 the core runs. Bad input raises ``ValueError`` naming the argument.
+
+Coordinate maps that are CUDA tensors take the GPU route of :mod:`transpose.ransac_gpu` in
+:func:`estimate_pose` / :func:`estimate_pose_batch` (fixed-count test mode, extension built with
+``setup_scripts/build_cuda.sh``): the map stays on the GPU, where every hypothesis is scored on every
+cell, and the same seed gives the CPU core's hypotheses and, as with ``exact_scoring=True``, its pose. Without the kernels they are solved on the CPU after a
+one-time warning; ``device="cuda"`` / ``device="cpu"`` force a route.
 """
 from __future__ import annotations
 
@@ -313,7 +319,7 @@ def _named_core_error(planes: np.ndarray, weights: Optional[np.ndarray], names: 
 # --------------------------------------------------------------------------- estimators
 
 def estimate_pose(coords: ArrayLike, K: ArrayLike, stride: int = 8, *, mask: Optional[ArrayLike] = None,
-                  weights: Optional[ArrayLike] = None, **options: Any) -> PoseResult:
+                  weights: Optional[ArrayLike] = None, device: Optional[str] = None, **options: Any) -> PoseResult:
     """Camera pose from a scene-coordinate map.
 
     Args:
@@ -324,6 +330,9 @@ def estimate_pose(coords: ArrayLike, K: ArrayLike, stride: int = 8, *, mask: Opt
         mask: optional ``(H, W)`` bool, False drops a cell (it may then hold NaN).
         weights: optional ``(H, W)`` non-negative per-cell weights (0 drops a cell); they scale the
             soft score and the refinement.
+        device: where hypotheses are scored: None / ``"auto"`` (on the GPU for a CUDA tensor when
+            the extension has CUDA kernels, else on the CPU with a one-time warning), ``"cpu"``, or
+            ``"cuda"`` (ValueError when the GPU route cannot run). See :mod:`transpose.ransac_gpu`.
         **options: fields of :class:`RansacOptions` (``num_hypotheses``, ``threshold``, ``adaptive``,
             ``seed``, ``training``, ...).
 
@@ -331,6 +340,12 @@ def estimate_pose(coords: ArrayLike, K: ArrayLike, stride: int = 8, *, mask: Opt
         :class:`PoseResult` with ``inliers`` of shape ``(H, W)``.
     """
     opts = _options(options)
+    from . import ransac_gpu
+
+    if ransac_gpu.use_gpu(coords, device, opts):
+        return ransac_gpu.estimate_pose_maps(coords, K, stride, mask=mask, weights=weights, seeds=[opts.seed],
+                                             options=opts, num_threads=opts.num_threads, single=True,
+                                             device=None if device in (None, "auto") else device)[0]
     Kv = _intrinsics(K)
     pixels, planes, w, shape = _map_correspondences(coords, stride, mask, weights)
     _count_valid(w, planes.shape[1], "coords")
@@ -404,7 +419,7 @@ def estimate_pose_rgbd(camera_points: ArrayLike, scene_points: ArrayLike, K: Arr
 
 def estimate_pose_batch(coords: ArrayLike, K: ArrayLike, stride: int = 8, *, mask: Optional[ArrayLike] = None,
                         weights: Optional[ArrayLike] = None, seed: Union[int, Sequence[int]] = 0,
-                        num_threads: int = 0, **options: Any) -> list:
+                        num_threads: int = 0, device: Optional[str] = None, **options: Any) -> list:
     """Poses of a batch of coordinate maps, solved in parallel threads (one frame per thread).
 
     Args:
@@ -413,13 +428,21 @@ def estimate_pose_batch(coords: ArrayLike, K: ArrayLike, stride: int = 8, *, mas
         mask, weights: optional ``(B, H, W)``.
         seed: one seed for every frame, or ``B`` seeds; frame ``b`` gives the same result as
             :func:`estimate_pose` on that frame with its seed.
-        num_threads: threads over frames (0: OpenMP's default).
+        num_threads: threads over frames (0: OpenMP's default); on the GPU route, CPU threads over
+            hypotheses (sampling) and frames (refinement).
+        device: as in :func:`estimate_pose`; on the GPU route all frames are scored in one launch.
         **options: as in :func:`estimate_pose`.
 
     Returns:
         list of ``B`` :class:`PoseResult`.
     """
     opts = _options(dict(options, seed=int(seed) if np.isscalar(seed) else 0))
+    from . import ransac_gpu
+
+    if ransac_gpu.use_gpu(coords, device, opts):
+        return ransac_gpu.estimate_pose_maps(coords, K, stride, mask=mask, weights=weights, seeds=seed,
+                                             options=opts, num_threads=num_threads,
+                                             device=None if device in (None, "auto") else device)
     planes = _map_planes(coords, "coords", (None,))
     B, _, H, W = _to_numpy(coords, "coords").shape
     if B == 0:

@@ -223,7 +223,7 @@ class SceneDataset(Dataset):
             path = self.init_paths[index]
             init = layout.read_coords(path)
             i_stride = map_stride((H, W), init.shape[1:], str(path))
-            labelled = _labelled(init)
+            labelled = labelled_cells(init)
             coords, mask = sample_nearest(np.nan_to_num(init), cells_in, i_stride, labelled)
         elif self.targets == "depth":
             z, mask = sample_nearest(depth[None], cells_in, d_stride, depth > 0)
@@ -245,13 +245,13 @@ class SceneDataset(Dataset):
             path = self.normal_paths[index]
             normal = layout.read_normals(path)
             n_stride = map_stride((H, W), normal.shape[1:], str(path))
-            ok = _labelled(normal)
+            ok = labelled_cells(normal)
             n_out, _ = sample_nearest(np.nan_to_num(normal), cells_in, n_stride, ok)
             item["normals"] = torch.from_numpy(np.ascontiguousarray(n_out, dtype=np.float32))
         return item
 
 
-def _labelled(values: np.ndarray) -> np.ndarray:
+def labelled_cells(values: np.ndarray) -> np.ndarray:
     """``(h, w)`` cells of a ``(3, h, w)`` map that hold a label: finite, not all zeros (DSAC*'s
     "no label") and not all -1 (CrossLoc's own converter marks missing points so)."""
     return (np.all(np.isfinite(values), axis=0) & np.any(values != 0, axis=0)

@@ -5,6 +5,7 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any, Dict, Optional, Tuple
 
+import numpy as np
 import torch
 
 from ..losses import InitLossConfig, cluster_loss, kmeans, scr_init_loss, uncertainty_nll
@@ -36,6 +37,8 @@ class InitConfig:
     tiny: bool = False              # DSAC*'s --tiny: width 0.5
     image_height: Optional[int] = None
     augment: bool = True
+    aug_scale: Tuple[float, float] = (2.0 / 3.0, 3.0 / 2.0)  # zoom range (DSAC*)
+    aug_rotation: float = 30.0      # in-plane rotation, +- degrees (DSAC*)
     seed: int = 0
     checkpoint_every: int = 1000
     log_every: int = 10
@@ -76,6 +79,7 @@ def build_dataset(cfg: InitConfig, section: Optional[str] = None, output_size: O
     more than one image need one fixed image size (augmentation zooms change it otherwise).
     """
     from ..data import layout
+    from ..data.augment import AugmentParams
     from ..data.scene import SceneDataset
 
     section = section or cfg.section
@@ -84,7 +88,8 @@ def build_dataset(cfg: InitConfig, section: Optional[str] = None, output_size: O
     targets = "init" if cfg.sparse else ("depth" if has_depth else "auto")
     if output_size is None and cfg.batch_size > 1:
         output_size = output_size_for(scene_dir, section, cfg.image_height)
-    return SceneDataset(scene_dir, section, mode="scr", augment=cfg.augment, image_height=cfg.image_height,
+    aug = AugmentParams(scale_min=cfg.aug_scale[0], scale_max=cfg.aug_scale[1], rotation_deg=cfg.aug_rotation)
+    return SceneDataset(scene_dir, section, mode="scr", augment=cfg.augment, aug=aug, image_height=cfg.image_height,
                         output_size=output_size, targets=targets, root=cfg.root, load_depth=False,
                         load_normals=load_normals)
 
@@ -114,6 +119,52 @@ def _scheduler(optimizer: torch.optim.Optimizer, cfg: InitConfig):
     raise ValueError(f"--schedule must be onecycle, step or constant, got '{cfg.schedule}'")
 
 
+def coordinate_loss(net: SCRNet, coords: torch.Tensor, sigma: Optional[torch.Tensor], batch: Dict[str, Any],
+                    cfg: InitConfig, device) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
+    """Training loss of a coordinate network's last forward pass ``coords (B, 3, h, w)``, ``sigma (B, 1, h, w)``.
+
+    DSAC*'s initialisation loss (regression) or the cluster head's cross-entropy + offset loss
+    (``cfg.clusters``), plus the uncertainty NLL on labelled cells. Shared by ``train_init`` and the
+    sim-to-real trainer. Returns ``(loss, metrics)``.
+    """
+    pose = batch["pose"].to(device).double()
+    K = batch["K"].to(device).double()
+    target = batch["coords"].to(device) if "coords" in batch else None
+    mask = batch["mask"].to(device) if "mask" in batch else None
+    if cfg.clusters:
+        logits, offsets = net.cluster_outputs()
+        loss, stats = cluster_loss(logits, offsets, net.cluster_centers, target, mask)
+        metrics = {"loss_coords": loss.detach(), "cluster_accuracy": stats["accuracy"]}
+        if mask.any():
+            metrics["coord_error"] = (coords.detach() - target).norm(dim=1)[mask].median()
+    else:
+        loss, stats = scr_init_loss(coords.double(), pose, K, None if target is None else target.double(), mask,
+                                    cfg.loss)
+        metrics = {"loss_coords": loss.detach(), "valid": stats["valid"]}
+        if "coord_error" in stats:
+            metrics["coord_error"] = stats["coord_error"]
+    if cfg.uncertainty and mask is not None:
+        # coords are detached (and the sigma head sees detached features): sigma learns to
+        # predict the coordinates' error without the 1/sigma^2 weighting slowing their regression
+        nll = uncertainty_nll(coords.detach(), sigma, target, mask)
+        loss = loss + cfg.nll_weight * nll
+        metrics["nll"] = nll.detach()
+    return loss, metrics
+
+
+def build_network(cfg: InitConfig, datasets: list) -> SCRNet:
+    """A fresh SCRNet for ``cfg``: scene centre = mean training camera position (DSAC*), and with
+    ``cfg.clusters`` the k-means centres of the training targets."""
+    poses = torch.cat([torch.as_tensor(d.poses) for d in datasets])
+    net = SCRNet(scene_center=poses[:, :3, 3].mean(dim=0), width=cfg.network_width(), uncertainty=cfg.uncertainty,
+                 norm=cfg.norm, num_clusters=cfg.clusters)
+    if cfg.clusters:
+        if cfg.loss.mode == 0 or any(d.targets == "none" for d in datasets):
+            raise ValueError("--clusters needs coordinate targets (depth or init/); it does not work with --mode 0")
+        net.cluster_centers.copy_(_scene_clusters(cfg, datasets))
+    return net
+
+
 def train_init(cfg: InitConfig) -> Dict[str, Any]:
     """Train a coordinate network from scratch; return the loop's summary plus the dataset size."""
     seed_everything(cfg.seed)
@@ -122,43 +173,15 @@ def train_init(cfg: InitConfig) -> Dict[str, Any]:
     if cfg.loss.mode != 0 and dataset.targets == "none":
         raise ValueError(f"{dataset.section_dir}: mode {cfg.loss.mode} needs depth/ or init/ targets; "
                          f"use --mode 0 for RGB-only training")
-    # Offsets are regressed from the mean camera position (DSAC*): a cheap, robust scene centre.
-    scene_center = dataset.poses[:, :3, 3].mean(axis=0)
-    net = SCRNet(scene_center=scene_center, width=cfg.network_width(), uncertainty=cfg.uncertainty,
-                 norm=cfg.norm, num_clusters=cfg.clusters)
-    if cfg.clusters:
-        if cfg.loss.mode == 0 or dataset.targets == "none":
-            raise ValueError("--clusters needs coordinate targets (depth or init/); it does not work with --mode 0")
-        net.cluster_centers.copy_(_scene_clusters(cfg, dataset.targets))
+    net = build_network(cfg, [dataset])
     net = net.to(device)
     optimizer = torch.optim.Adam(net.parameters(), lr=cfg.learningrate)
     scheduler = _scheduler(optimizer, cfg)
 
     def step(batch: Dict[str, Any], iteration: int) -> Dict[str, torch.Tensor]:
         image = batch["image"].to(device)
-        pose = batch["pose"].to(device).double()
-        K = batch["K"].to(device).double()
-        target = batch["coords"].to(device) if "coords" in batch else None
-        mask = batch["mask"].to(device) if "mask" in batch else None
         coords, sigma = net(image)
-        if cfg.clusters:
-            logits, offsets = net.cluster_outputs()
-            loss, stats = cluster_loss(logits, offsets, net.cluster_centers, target, mask)
-            metrics = {"loss_coords": loss.detach(), "cluster_accuracy": stats["accuracy"]}
-            if mask.any():
-                metrics["coord_error"] = (coords.detach() - target).norm(dim=1)[mask].median()
-        else:
-            loss, stats = scr_init_loss(coords.double(), pose, K, None if target is None else target.double(), mask,
-                                        cfg.loss)
-            metrics = {"loss_coords": loss.detach(), "valid": stats["valid"]}
-            if "coord_error" in stats:
-                metrics["coord_error"] = stats["coord_error"]
-        if cfg.uncertainty and mask is not None:
-            # coords are detached (and the sigma head sees detached features): sigma learns to
-            # predict the coordinates' error without the 1/sigma^2 weighting slowing their regression
-            nll = uncertainty_nll(coords.detach(), sigma, target, mask)
-            loss = loss + cfg.nll_weight * nll
-            metrics["nll"] = nll.detach()
+        loss, metrics = coordinate_loss(net, coords, sigma, batch, cfg, device)
         metrics["loss"] = loss.float()
         return metrics
 
@@ -172,19 +195,28 @@ def train_init(cfg: InitConfig) -> Dict[str, Any]:
     return summary
 
 
-def _scene_clusters(cfg: InitConfig, targets: str, per_frame: int = 256) -> torch.Tensor:
-    """k-means centres ``(K, 3)`` of the training targets (a seeded subsample of cells per frame)."""
-    from ..data.scene import SceneDataset
+def _scene_clusters(cfg: InitConfig, datasets: list, per_frame: int = 256) -> torch.Tensor:
+    """k-means centres ``(K, 3)`` of the training targets (a seeded subsample of labelled cells per frame).
 
-    plain = SceneDataset(cfg.scene, cfg.section, mode="scr", targets=targets, image_height=cfg.image_height,
-                         root=cfg.root, load_depth=False, load_normals=False)
+    Reads ``init/`` maps directly where a section has them (milliseconds a frame); otherwise takes
+    the targets of un-augmented dataset items (decoding images and depth: seconds for a scene).
+    """
+    from ..data import layout
+    from ..data.scene import SceneDataset, labelled_cells
+
     g = torch.Generator().manual_seed(cfg.seed)
     points = []
-    for i in range(len(plain)):
-        item = plain[i]
-        cells = item["coords"].permute(1, 2, 0)[item["mask"]]
-        points.append(cells[torch.randperm(cells.shape[0], generator=g)[:per_frame]])
-    return kmeans(torch.cat(points).float(), cfg.clusters, seed=cfg.seed)
+    for dataset in datasets:
+        if all(p is not None for p in dataset.init_paths):
+            frames = (torch.from_numpy(np.ascontiguousarray(m[:, labelled_cells(m)].T)) for m in
+                      (np.nan_to_num(layout.read_coords(p)) for p in dataset.init_paths))
+        else:
+            plain = SceneDataset(dataset.scene_dir, dataset.section, mode="scr", targets=dataset.targets,
+                                 image_height=cfg.image_height, load_depth=False, load_normals=False)
+            frames = (item["coords"].permute(1, 2, 0)[item["mask"]] for item in (plain[i] for i in range(len(plain))))
+        for cells in frames:
+            points.append(cells[torch.randperm(cells.shape[0], generator=g)[:per_frame]].float())
+    return kmeans(torch.cat(points), cfg.clusters, seed=cfg.seed)
 
 
 def load_network(path, device: Optional[str] = None) -> tuple:

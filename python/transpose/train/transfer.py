@@ -21,17 +21,16 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-import numpy as np
 import torch
 from torch.utils.data import ConcatDataset
 
 from ..data.overlap import MiningConfig
-from ..losses import laplace_nll, scr_init_loss, supcon_loss, uncertainty_nll
+from ..losses import laplace_nll, supcon_loss
 from ..models.heads import TASKS, TaskNet, TransposeNet, task_names
-from ..models.scr import SCRNet
 from .checkpoint import load_checkpoint
 from .loop import LoopConfig, pick_device, seed_everything, train_loop
-from .scr import KIND, InitConfig, _scheduler, build_dataset, load_network, lr_schedule_for, output_size_for
+from .scr import (KIND, InitConfig, _scheduler, build_dataset, build_network, coordinate_loss, load_network,
+                  lr_schedule_for, output_size_for)
 
 KIND_TASK = "task"
 TASK_CHOICES = ("coords",) + tuple(TASKS)
@@ -177,10 +176,7 @@ def train_transfer(cfg: TransferConfig) -> Dict[str, Any]:
         if opts["task"] != task:
             raise ValueError(f"{path}: is a '{opts['task']}' network, --mlr asked for '{task}'")
         tasks[task] = net_t
-    poses = np.concatenate([d.poses for d in datasets])
-    scr = SCRNet(scene_center=poses[:, :3, 3].mean(axis=0), width=cfg.network_width(), uncertainty=cfg.uncertainty,
-                 norm=cfg.norm)
-    net = TransposeNet(scr, tasks, head_dim=cfg.head_dim if cfg.contrastive > 0 else 0).to(device)
+    net = TransposeNet(build_network(cfg, datasets), tasks, head_dim=cfg.head_dim if cfg.contrastive > 0 else 0).to(device)
     optimizer = torch.optim.Adam([p for p in net.parameters() if p.requires_grad], lr=cfg.learningrate)
     scheduler = _scheduler(optimizer, cfg)
 
@@ -197,20 +193,9 @@ def train_transfer(cfg: TransferConfig) -> Dict[str, Any]:
 
     def step(batch: Dict[str, Any], iteration: int) -> Dict[str, torch.Tensor]:
         image = batch["image"].to(device)
-        pose = batch["pose"].to(device).double()
-        K = batch["K"].to(device).double()
-        target = batch["coords"].to(device) if "coords" in batch else None
-        mask = batch["mask"].to(device) if "mask" in batch else None
         features = net.encode(image)
         coords, sigma = net.decode(features)
-        loss, stats = scr_init_loss(coords.double(), pose, K, None if target is None else target.double(), mask,
-                                    cfg.loss)
-        metrics = {"loss_coords": loss.detach(), "valid": stats["valid"],
-                   "coord_error": stats.get("coord_error", loss.new_zeros(())).detach()}
-        if cfg.uncertainty and mask is not None:
-            nll = uncertainty_nll(coords.detach(), sigma, target, mask)
-            loss = loss + cfg.nll_weight * nll
-            metrics["nll"] = nll.detach()
+        loss, metrics = coordinate_loss(net.scr, coords, sigma, batch, cfg, device)
         if cfg.contrastive > 0:
             nce = supcon_loss(net.embed(features), positive_mask=batch["positive_mask"].to(device),
                               temperature=cfg.temperature)
