@@ -202,10 +202,9 @@ const double* optional_weights(const py::object& weights, py::ssize_t n, Array& 
 class ScenePoints {
  public:
   ScenePoints(const py::object& points, bool planes, py::ssize_t B, py::ssize_t n)
-      : planes_(planes), is_f32_(false), n_(n) {
+      : planes_(planes), is_f32_(planes && py::array_t<float, py::array::c_style>::check_(points)), n_(n) {
     std::vector<py::ssize_t> shape = planes ? std::vector<py::ssize_t>{3, n} : std::vector<py::ssize_t>{n, 3};
     if (B >= 0) shape.insert(shape.begin(), B);
-    is_f32_ = planes && py::array_t<float, py::array::c_style>::check_(points);
     if (is_f32_) {
       f32_ = py::array_t<float, py::array::c_style>::ensure(points);
       expect_shape(f32_, "points", shape);

@@ -10,8 +10,8 @@ Pose estimation from 2D-3D correspondences in the DSAC* style:
   AVX2), first on a random subset of the cells, and only the best few are scored on every cell
   (``preemptive_cells``, ``preemptive_keep``); ``exact_scoring=True`` scores every hypothesis on
   every cell in float64 instead. Reported scores are float64 either way;
-- training mode scores every hypothesis (float64), draws the winner from ``softmax(logits)`` and returns all
-  hypotheses (for the expected-pose loss of end-to-end training);
+- training mode scores every hypothesis (float64), draws the winner from ``softmax(logits)`` and
+  returns all hypotheses (for the expected-pose loss of end-to-end training);
 - adaptive mode keeps drawing 4-cell samples until an all-inlier sample was drawn with probability
   ``confidence`` (capped by ``max_iterations``), for low inlier ratios;
 - refinement re-collects inliers (error < ``threshold``) and re-fits (Levenberg-Marquardt on the
@@ -28,8 +28,9 @@ the core runs. Bad input raises ``ValueError`` naming the argument.
 Coordinate maps that are CUDA tensors take the GPU route of :mod:`transpose.ransac_gpu` in
 :func:`estimate_pose` / :func:`estimate_pose_batch` (fixed-count test mode, extension built with
 ``setup_scripts/build_cuda.sh``): the map stays on the GPU, where every hypothesis is scored on every
-cell, and the same seed gives the CPU core's hypotheses and, as with ``exact_scoring=True``, its pose. Without the kernels they are solved on the CPU after a
-one-time warning; ``device="cuda"`` / ``device="cpu"`` force a route.
+cell, and the same seed gives the CPU core's hypotheses and, as with ``exact_scoring=True``, its
+pose. Without the kernels they are solved on the CPU after a one-time warning; ``device="cuda"`` /
+``device="cpu"`` force a route.
 """
 from __future__ import annotations
 
