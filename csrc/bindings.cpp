@@ -15,6 +15,7 @@
 #endif
 
 #include "core/derivatives.h"
+#include "core/fast_score.h"
 #include "core/frame.h"
 #include "core/kabsch.h"
 #include "core/p3p.h"
@@ -98,6 +99,9 @@ RansacOptions options_from(const py::dict& d) {
     else if (key == "max_iterations") o.max_iterations = py::cast<int>(v);
     else if (key == "min_iterations") o.min_iterations = py::cast<int>(v);
     else if (key == "early_exit") o.early_exit = py::cast<bool>(v);
+    else if (key == "exact_scoring") o.exact_scoring = py::cast<bool>(v);
+    else if (key == "preemptive_cells") o.preemptive_cells = py::cast<int>(v);
+    else if (key == "preemptive_keep") o.preemptive_keep = py::cast<int>(v);
     else if (key == "refine") o.refine = py::cast<bool>(v);
     else if (key == "refine_rounds") o.refine_rounds = py::cast<int>(v);
     else if (key == "lm_iterations") o.lm_iterations = py::cast<int>(v);
@@ -147,6 +151,17 @@ py::dict result_dict(const RansacResult& r) {
   py::dict d;
   d["R"] = mat3(r.pose.R);
   d["t"] = vec3(r.pose.t);
+  // Camera-to-world (the pose-file convention): [R^T | -R^T t], built here rather than with four
+  // numpy calls per frame in Python.
+  py::array_t<double> c2w({4, 4});
+  double* T = c2w.mutable_data();
+  for (int i = 0; i < 3; ++i) {
+    for (int j = 0; j < 3; ++j) T[4 * i + j] = r.pose.R[3 * j + i];
+    T[4 * i + 3] = -(r.pose.R[i] * r.pose.t[0] + r.pose.R[3 + i] * r.pose.t[1] + r.pose.R[6 + i] * r.pose.t[2]);
+  }
+  T[12] = T[13] = T[14] = 0.0;
+  T[15] = 1.0;
+  d["pose"] = c2w;
   d["score"] = r.score;
   d["num_inliers"] = r.num_inliers;
   py::array_t<bool> inl(static_cast<py::ssize_t>(r.inliers.size()));
@@ -182,11 +197,45 @@ const double* optional_weights(const py::object& weights, py::ssize_t n, Array& 
   return holder.data();
 }
 
-py::dict ransac_single(const Array& pixels, const Array& points, const py::object& camera_points,
-                       const py::object& weights, const Array& K, const py::dict& opts) {
+// Scene points of one frame ((n, 3) float64 rows) or of a batch ((B, n, 3)); with `planes`, the
+// layout of coordinate maps instead, (3, n) or (B, 3, n), float32 taken as it is (no copy).
+class ScenePoints {
+ public:
+  ScenePoints(const py::object& points, bool planes, py::ssize_t B, py::ssize_t n)
+      : planes_(planes), is_f32_(planes && py::array_t<float, py::array::c_style>::check_(points)), n_(n) {
+    std::vector<py::ssize_t> shape = planes ? std::vector<py::ssize_t>{3, n} : std::vector<py::ssize_t>{n, 3};
+    if (B >= 0) shape.insert(shape.begin(), B);
+    if (is_f32_) {
+      f32_ = py::array_t<float, py::array::c_style>::ensure(points);
+      expect_shape(f32_, "points", shape);
+    } else {
+      f64_ = Array::ensure(points);
+      if (!f64_) throw py::value_error("points: expected a float array");
+      expect_shape(f64_, "points", shape);
+    }
+  }
+  // Frame b's points (b = 0 for a single frame).
+  PointArray frame(py::ssize_t b) const {
+    PointArray p;
+    if (is_f32_) p.f32 = f32_.data() + 3 * n_ * b;
+    else p.f64 = f64_.data() + 3 * n_ * b;
+    p.stride = planes_ ? 1 : 3;
+    p.step = planes_ ? static_cast<long>(n_) : 1;
+    return p;
+  }
+
+ private:
+  bool planes_, is_f32_;
+  py::ssize_t n_;
+  py::array_t<float, py::array::c_style> f32_;
+  Array f64_;
+};
+
+py::dict ransac_single(const Array& pixels, const py::object& points_obj, const py::object& camera_points,
+                       const py::object& weights, const Array& K, const py::dict& opts, bool planes) {
   const auto dims = expect_shape(pixels, "pixels", {-1, 2});
   const py::ssize_t n = dims[0];
-  expect_shape(points, "points", {n, 3});
+  const ScenePoints points(points_obj, planes, -1, n);
   Array cam_holder, w_holder;
   const double* cam = nullptr;
   if (!camera_points.is_none()) {
@@ -202,7 +251,7 @@ py::dict ransac_single(const Array& pixels, const Array& points, const py::objec
   {
     py::gil_scoped_release release;
     Frame f;
-    const int st = build_frame(pixels.data(), points.data(), cam, w, static_cast<int>(n), in, f);
+    const int st = build_frame(pixels.data(), points.frame(0), cam, w, static_cast<int>(n), in, f);
     if (st != kOk)
       r.status = st;
     else
@@ -211,12 +260,12 @@ py::dict ransac_single(const Array& pixels, const Array& points, const py::objec
   return result_dict(r);
 }
 
-py::list ransac_batch_py(const Array& pixels, const Array& points, const py::object& camera_points,
+py::list ransac_batch_py(const Array& pixels, const py::object& points_obj, const py::object& camera_points,
                          const py::object& weights, const Array& K, const std::vector<uint64_t>& seeds,
-                         const py::dict& opts, int num_threads) {
+                         const py::dict& opts, int num_threads, bool planes) {
   const auto dims = expect_shape(pixels, "pixels", {-1, -1, 2});
   const py::ssize_t B = dims[0], n = dims[1];
-  expect_shape(points, "points", {B, n, 3});
+  const ScenePoints points(points_obj, planes, B, n);
   expect_shape(K, "K", {B, 4});
   if (static_cast<py::ssize_t>(seeds.size()) != B) throw py::value_error("seeds: expected one seed per frame");
   Array cam_holder, w_holder;
@@ -238,7 +287,7 @@ py::list ransac_batch_py(const Array& pixels, const Array& points, const py::obj
       in.cx = k[2];
       in.cy = k[3];
       status[static_cast<size_t>(b)] =
-          build_frame(pixels.data() + 2 * n * b, points.data() + 3 * n * b, cam ? cam + 3 * n * b : nullptr,
+          build_frame(pixels.data() + 2 * n * b, points.frame(b), cam ? cam + 3 * n * b : nullptr,
                       w ? w + n * b : nullptr, static_cast<int>(n), in, frames[static_cast<size_t>(b)]);
     }
     ransac_batch(frames, status, cam ? Model::kRigid : Model::kPnP, o, seeds, num_threads, results);
@@ -324,13 +373,20 @@ py::tuple refine_py(const Array& pixels, const Array& points, const py::object& 
 }
 
 py::tuple score_py(const Array& pixels, const Array& points, const py::object& weights, const Array& K,
-                   const Array& R, const Array& t, double threshold, double max_err) {
+                   const Array& R, const Array& t, double threshold, double max_err, bool float32) {
   Array ch, wh;
   const Frame f = frame_for(pixels, points, py::none(), weights, K, ch, wh);
   const Pose p = pose_from(R, t);
   if (!(threshold > 0.0)) throw py::value_error("threshold must be positive");
   const ScoreParams sp = make_score_params(threshold, max_err);
-  const ScoreOut so = soft_score(f, p, sp, -HUGE_VAL);
+  ScoreOut so;
+  if (float32) {
+    PackedFrame pk;
+    pack_frame(f, 0, 0, pk);
+    so = soft_score_packed(pk.all, f.K, p, sp, 0, f.n, -HUGE_VAL);
+  } else {
+    so = soft_score(f, p, sp, -HUGE_VAL);
+  }
   py::array_t<double> errs(static_cast<py::ssize_t>(f.n_total));
   double* e = errs.mutable_data();
   for (int i = 0; i < f.n_total; ++i) e[i] = std::nan("");
@@ -648,21 +704,24 @@ PYBIND11_MODULE(_core, m) {
   m.def("rigid_align", &rigid_align_py, py::arg("src"), py::arg("dst"), py::arg("weights") = py::none(),
         "Weighted rigid alignment dst ~ R src + t of (N, 3) point sets -> (R, t).");
   m.def("ransac", &ransac_single, py::arg("pixels"), py::arg("points"), py::arg("camera_points") = py::none(),
-        py::arg("weights") = py::none(), py::arg("K"), py::arg("options") = py::dict(),
-        "RANSAC pose of one frame: pixels (N, 2), scene points (N, 3), optional camera points (N, 3) "
-        "for RGB-D, optional weights (N,) (0 drops a cell), K = (fx, fy, cx, cy). Returns a dict.");
+        py::arg("weights") = py::none(), py::arg("K"), py::arg("options") = py::dict(), py::arg("planes") = false,
+        "RANSAC pose of one frame: pixels (N, 2), scene points (N, 3) (planes: (3, N), float32 or float64, "
+        "as a flattened coordinate map), optional camera points (N, 3) for RGB-D, optional weights (N,) "
+        "(0 drops a cell), K = (fx, fy, cx, cy). Returns a dict.");
   m.def("ransac_batch", &ransac_batch_py, py::arg("pixels"), py::arg("points"),
         py::arg("camera_points") = py::none(), py::arg("weights") = py::none(), py::arg("K"), py::arg("seeds"),
-        py::arg("options") = py::dict(), py::arg("num_threads") = 0,
-        "RANSAC on B frames in parallel: pixels (B, N, 2), points (B, N, 3), K (B, 4), seeds (B,).");
+        py::arg("options") = py::dict(), py::arg("num_threads") = 0, py::arg("planes") = false,
+        "RANSAC on B frames in parallel: pixels (B, N, 2), points (B, N, 3) (planes: (B, 3, N)), K (B, 4), "
+        "seeds (B,).");
   m.def("refine_pose", &refine_py, py::arg("pixels"), py::arg("points"), py::arg("camera_points") = py::none(),
         py::arg("weights") = py::none(), py::arg("K"), py::arg("R"), py::arg("t"), py::arg("threshold") = 10.0,
         py::arg("max_reprojection_error") = 100.0, py::arg("rounds") = 100, py::arg("lm_iterations") = 10,
         "DSAC*-style refinement of a world-to-camera pose -> (R, t, inliers used in the last fit).");
   m.def("soft_score", &score_py, py::arg("pixels"), py::arg("points"), py::arg("weights") = py::none(),
         py::arg("K"), py::arg("R"), py::arg("t"), py::arg("threshold") = 10.0,
-        py::arg("max_reprojection_error") = 100.0,
-        "Soft inlier score, hard inlier count and per-correspondence reprojection errors (N,) of a pose.");
+        py::arg("max_reprojection_error") = 100.0, py::arg("float32") = false,
+        "Soft inlier score, hard inlier count and per-correspondence reprojection errors (N,) of a pose; "
+        "float32: score and count as test-mode RANSAC ranks hypotheses (float32 arithmetic).");
   m.def("dsac_loss_batch", &dsac_loss_batch_py, py::arg("pixels"), py::arg("points"),
         py::arg("camera_points") = py::none(), py::arg("weights") = py::none(), py::arg("K"), py::arg("gt_R"),
         py::arg("gt_t"), py::arg("seeds"), py::arg("options") = py::dict(), py::arg("weight_rot") = 1.0,

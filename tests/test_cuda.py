@@ -166,7 +166,9 @@ def test_gpu_driver_with_host_twin_equals_cpu_core(outliers):
     ours = _core.ransac_maps_host(coords, weights, Kv, float(STRIDE), [3, 4], opts, 0)
     pixels = np.ascontiguousarray(np.broadcast_to(g.cell_centers(H, W, STRIDE).reshape(-1, 2), (2, H * W, 2)))
     points = np.ascontiguousarray(np.nan_to_num(coords.reshape(2, 3, -1).transpose(0, 2, 1).astype(np.float64)))
-    ref = _core.ransac_batch(pixels, points, None, weights.reshape(2, -1), Kv, [3, 4], opts, 0)
+    # The GPU path scores every hypothesis on every cell: the CPU core's exact path is its reference.
+    exact = dict(opts, exact_scoring=True)
+    ref = _core.ransac_batch(pixels, points, None, weights.reshape(2, -1), Kv, [3, 4], exact, 0)
     for b, (a, r) in enumerate(zip(ours, ref)):
         assert a["selected"] == r["selected"]
         assert a["num_hypotheses"] == r["num_hypotheses"] and a["num_samples"] == r["num_samples"]
@@ -192,14 +194,15 @@ def test_python_route_on_cpu_tensors_equals_cpu_path():
     mask[:, :4] = False
     coords[:, ~mask] = np.nan
     weights = np.random.default_rng(0).uniform(0.5, 1.5, size=(H, W))
-    ref = ransac.estimate_pose(coords, K, mask=mask, weights=weights, seed=7)
+    ref = ransac.estimate_pose(coords, K, mask=mask, weights=weights, seed=7, exact_scoring=True)
     ours = ransac_gpu.estimate_pose_maps(torch.from_numpy(coords), torch.from_numpy(K), mask=torch.from_numpy(mask),
                                          weights=weights, seeds=7, single=True)[0]
     assert ours.selected == ref.selected and ours.num_inliers == ref.num_inliers
     np.testing.assert_allclose(ours.pose, ref.pose, atol=1e-12)
     assert ours.inliers.shape == (H, W) and (ours.inliers == ref.inliers).all()
     batch = np.stack([coords, synthetic_frame(32, 0.3)[0]]).astype(np.float64)
-    refs = ransac.estimate_pose_batch(batch, K, mask=np.stack([mask, np.ones_like(mask)]), seed=[1, 2])
+    refs = ransac.estimate_pose_batch(batch, K, mask=np.stack([mask, np.ones_like(mask)]), seed=[1, 2],
+                                      exact_scoring=True)
     outs = ransac_gpu.estimate_pose_maps(torch.from_numpy(batch), K, mask=np.stack([mask, np.ones_like(mask)]),
                                          seeds=[1, 2])
     for a, r in zip(outs, refs):
@@ -312,7 +315,7 @@ def test_estimate_pose_on_cuda_tensor_recovers_pose():
     device_coords = torch.from_numpy(coords).cuda()
     res = ransac.estimate_pose(device_coords, K, seed=9, device="cuda")
     assert_pose_close(res.pose, T, cm=1.0, deg=0.1)
-    ref = ransac.estimate_pose(coords, K, seed=9)
+    ref = ransac.estimate_pose(coords, K, seed=9, exact_scoring=True)
     assert res.selected == ref.selected  # same seed, same hypotheses, same winner
     np.testing.assert_allclose(res.pose, ref.pose, atol=1e-9)
     with warnings.catch_warnings():

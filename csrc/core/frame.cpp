@@ -1,8 +1,10 @@
 #include "frame.h"
 
 #include <cmath>
+#include <limits>
 
 #include "math3.h"
+#include "simd.h"
 
 namespace transpose {
 
@@ -23,27 +25,31 @@ const char* status_message(int status) {
 
 namespace {
 
-// True when the points span at most a line (second-largest scatter eigenvalue ~ 0): either (n, 3)
-// row-major `xyz` (y == nullptr), or 2D points given as separate x and y arrays.
-bool spans_at_most_a_line(const double* x, const double* y, int n) {
-  const int dim = y ? 2 : 3;
-  // One pass of moments about the first point (shifting avoids cancellation for far-away scenes).
-  double o[3], sum[3] = {0, 0, 0}, sq[6] = {0, 0, 0, 0, 0, 0};
-  if (y) {
-    o[0] = x[0]; o[1] = y[0]; o[2] = 0.0;
+// True when the points span at most a line (second-largest scatter eigenvalue ~ 0); 3D points
+// (x, y, z) or 2D points (x, y, z = nullptr), as separate arrays.
+TRANSPOSE_HOT
+bool spans_at_most_a_line(const double* x, const double* y, const double* z, int n) {
+  const int dim = z ? 3 : 2;
+  // One pass of moments about the first point (shifting avoids cancellation for far-away scenes);
+  // `omp simd` lets the sums vectorise (only the last bits of the moments depend on the order).
+  const double ox = x[0], oy = y[0], oz = z ? z[0] : 0.0;
+  double sa = 0, sb = 0, sc = 0, saa = 0, sab = 0, sac = 0, sbb = 0, sbc = 0, scc = 0;
+  if (z) {
+#pragma omp simd reduction(+ : sa, sb, sc, saa, sab, sac, sbb, sbc, scc)
     for (int i = 0; i < n; ++i) {
-      const double a = x[i] - o[0], b = y[i] - o[1];
-      sum[0] += a; sum[1] += b;
-      sq[0] += a * a; sq[1] += a * b; sq[3] += b * b;
+      const double a = x[i] - ox, b = y[i] - oy, c = z[i] - oz;
+      sa += a; sb += b; sc += c;
+      saa += a * a; sab += a * b; sac += a * c; sbb += b * b; sbc += b * c; scc += c * c;
     }
   } else {
-    o[0] = x[0]; o[1] = x[1]; o[2] = x[2];
+#pragma omp simd reduction(+ : sa, sb, saa, sab, sbb)
     for (int i = 0; i < n; ++i) {
-      const double a = x[3 * i] - o[0], b = x[3 * i + 1] - o[1], c = x[3 * i + 2] - o[2];
-      sum[0] += a; sum[1] += b; sum[2] += c;
-      sq[0] += a * a; sq[1] += a * b; sq[2] += a * c; sq[3] += b * b; sq[4] += b * c; sq[5] += c * c;
+      const double a = x[i] - ox, b = y[i] - oy;
+      sa += a; sb += b;
+      saa += a * a; sab += a * b; sbb += b * b;
     }
   }
+  const double sum[3] = {sa, sb, sc}, sq[6] = {saa, sab, sac, sbb, sbc, scc};
   const int pos[3][3] = {{0, 1, 2}, {1, 3, 4}, {2, 4, 5}};
   double C[9];
   for (int r = 0; r < dim; ++r)
@@ -60,10 +66,25 @@ bool spans_at_most_a_line(const double* x, const double* y, int n) {
   return !(e_max > 0.0) || !(e_second > 1e-10 * e_max);
 }
 
-}  // namespace
+// True when every value is finite (NaN fails the comparison); written to vectorise.
+template <class T>
+TRANSPOSE_HOT bool all_finite(const T* x, size_t n) {
+  int ok = 1;
+#pragma omp simd reduction(& : ok)
+  for (size_t i = 0; i < n; ++i) ok &= std::fabs(x[i]) <= std::numeric_limits<T>::max() ? 1 : 0;
+  return ok != 0;
+}
 
-int build_frame(const double* pixels, const double* points, const double* camera_points, const double* weights,
-                int n_total, const Intrinsics& K, Frame& f) {
+int check_spread(const Frame& f) {
+  if (f.n < 4) return kTooFewPoints;
+  if (spans_at_most_a_line(f.X.data(), f.Y.data(), f.Z.data(), f.n)) return kDegenerate;
+  if (spans_at_most_a_line(f.u.data(), f.v.data(), nullptr, f.n)) return kDegenerate;
+  return kOk;
+}
+
+template <class T>
+int build_frame_from(const double* pixels, const T* points, long stride, long step, const double* camera_points,
+                     const double* weights, int n_total, const Intrinsics& K, Frame& f) {
   if (!(std::isfinite(K.fx) && std::isfinite(K.fy) && std::isfinite(K.cx) && std::isfinite(K.cy)) ||
       !(K.fx > 0.0) || !(K.fy > 0.0))
     return kBadIntrinsics;
@@ -71,8 +92,41 @@ int build_frame(const double* pixels, const double* points, const double* camera
   f.n_total = n_total;
   f.wsum = 0.0;
   const size_t cap = static_cast<size_t>(n_total);
+  if (!weights && !camera_points) {
+    // Every correspondence counts: straight copies instead of the filtering loop below. Both point
+    // layouts fill 3 * n_total consecutive values.
+    if (!all_finite(pixels, 2 * cap) || !all_finite(points, 3 * cap)) return kNonFinite;
+    f.u.resize(cap); f.v.resize(cap); f.X.resize(cap); f.Y.resize(cap); f.Z.resize(cap);
+    f.uc.resize(cap); f.vc.resize(cap);
+    f.w.assign(cap, 1.0);
+    f.original.resize(cap);
+    f.points.clear();
+    f.camera.clear();
+    double* __restrict u = f.u.data();
+    double* __restrict v = f.v.data();
+    double* __restrict X = f.X.data();
+    double* __restrict Y = f.Y.data();
+    double* __restrict Z = f.Z.data();
+    double* __restrict uc = f.uc.data();
+    double* __restrict vc = f.vc.data();
+    int* __restrict original = f.original.data();
+    for (size_t i = 0; i < cap; ++i) {
+      u[i] = pixels[2 * i];
+      v[i] = pixels[2 * i + 1];
+      const T* p = points + static_cast<long>(i) * stride;
+      X[i] = p[0];
+      Y[i] = p[step];
+      Z[i] = p[2 * step];
+      uc[i] = u[i] - K.cx;
+      vc[i] = v[i] - K.cy;
+      original[i] = static_cast<int>(i);
+    }
+    f.n = n_total;
+    f.wsum = static_cast<double>(n_total);
+    return check_spread(f);
+  }
   f.u.resize(cap); f.v.resize(cap); f.X.resize(cap); f.Y.resize(cap); f.Z.resize(cap); f.w.resize(cap);
-  f.points.resize(3 * cap);
+  f.points.resize(camera_points ? 3 * cap : 0);
   f.camera.resize(camera_points ? 3 * cap : 0);
   f.original.resize(cap);
   int n = 0;
@@ -84,7 +138,9 @@ int build_frame(const double* pixels, const double* points, const double* camera
       if (std::isnan(camera_points[3 * i + 2])) return kNonFinite;
       continue;  // missing depth
     }
-    const double* p = points + 3 * i;
+    const T* pi = points + static_cast<long>(i) * stride;
+    const double p[3] = {static_cast<double>(pi[0]), static_cast<double>(pi[step]),
+                         static_cast<double>(pi[2 * step])};
     const double* q = pixels + 2 * i;
     if (!(std::isfinite(p[0]) && std::isfinite(p[1]) && std::isfinite(p[2]) && std::isfinite(q[0]) &&
           std::isfinite(q[1])))
@@ -95,6 +151,9 @@ int build_frame(const double* pixels, const double* points, const double* camera
       f.camera[3 * n] = c[0];
       f.camera[3 * n + 1] = c[1];
       f.camera[3 * n + 2] = c[2];
+      f.points[3 * n] = p[0];
+      f.points[3 * n + 1] = p[1];
+      f.points[3 * n + 2] = p[2];
     }
     f.u[n] = q[0];
     f.v[n] = q[1];
@@ -102,9 +161,6 @@ int build_frame(const double* pixels, const double* points, const double* camera
     f.Y[n] = p[1];
     f.Z[n] = p[2];
     f.w[n] = w;
-    f.points[3 * n] = p[0];
-    f.points[3 * n + 1] = p[1];
-    f.points[3 * n + 2] = p[2];
     f.original[n] = i;
     f.wsum += w;
     ++n;
@@ -112,8 +168,10 @@ int build_frame(const double* pixels, const double* points, const double* camera
   f.n = n;
   const size_t m = static_cast<size_t>(n);
   f.u.resize(m); f.v.resize(m); f.X.resize(m); f.Y.resize(m); f.Z.resize(m); f.w.resize(m);
-  f.points.resize(3 * m);
-  if (camera_points) f.camera.resize(3 * m);
+  if (camera_points) {
+    f.points.resize(3 * m);
+    f.camera.resize(3 * m);
+  }
   f.original.resize(m);
   f.uc.resize(m);
   f.vc.resize(m);
@@ -121,10 +179,16 @@ int build_frame(const double* pixels, const double* points, const double* camera
     f.uc[i] = f.u[i] - K.cx;
     f.vc[i] = f.v[i] - K.cy;
   }
-  if (f.n < 4) return kTooFewPoints;
-  if (spans_at_most_a_line(f.points.data(), nullptr, f.n)) return kDegenerate;
-  if (spans_at_most_a_line(f.u.data(), f.v.data(), f.n)) return kDegenerate;
-  return kOk;
+  return check_spread(f);
+}
+
+}  // namespace
+
+int build_frame(const double* pixels, const PointArray& points, const double* camera_points, const double* weights,
+                int n_total, const Intrinsics& K, Frame& f) {
+  if (points.f32)
+    return build_frame_from(pixels, points.f32, points.stride, points.step, camera_points, weights, n_total, K, f);
+  return build_frame_from(pixels, points.f64, points.stride, points.step, camera_points, weights, n_total, K, f);
 }
 
 }  // namespace transpose

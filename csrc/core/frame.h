@@ -29,17 +29,33 @@ struct Frame {
   // Structure of arrays over the valid correspondences (scoring and refinement loops).
   std::vector<double> u, v, X, Y, Z, w;
   std::vector<double> uc, vc;  // u - cx, v - cy (scoring)
-  std::vector<double> points;  // (n, 3) scene points, row-major (minimal solvers)
+  std::vector<double> points;  // (n, 3) scene points, row-major (RGB-D only: rigid alignment), else empty
   std::vector<double> camera;  // (n, 3) camera-frame points (RGB-D only), else empty
   std::vector<int> original;   // valid index -> caller's index
 };
 
+// The caller's scene points, float64 or float32: coordinate k of point i at data[i * stride + k * step]
+// ((n, 3) rows: stride 3, step 1; (3, n) planes, as a coordinate map holds them: stride 1, step n).
+struct PointArray {
+  const double* f64 = nullptr;
+  const float* f32 = nullptr;
+  long stride = 3, step = 1;
+};
+
 // Build a frame from caller arrays.
-//   pixels (n_total, 2), points (n_total, 3), camera_points (n_total, 3) or nullptr,
+//   pixels (n_total, 2), points (n_total of them), camera_points (n_total, 3) or nullptr,
 //   weights (n_total,) or nullptr (all ones); a zero weight drops the correspondence.
 // With camera_points, entries with a non-positive depth are treated as missing depth (dropped).
 // Returns a Status.
-int build_frame(const double* pixels, const double* points, const double* camera_points, const double* weights,
+int build_frame(const double* pixels, const PointArray& points, const double* camera_points, const double* weights,
                 int n_total, const Intrinsics& K, Frame& frame);
+
+// The same for (n_total, 3) float64 rows.
+inline int build_frame(const double* pixels, const double* points, const double* camera_points,
+                       const double* weights, int n_total, const Intrinsics& K, Frame& frame) {
+  PointArray p;
+  p.f64 = points;
+  return build_frame(pixels, p, camera_points, weights, n_total, K, frame);
+}
 
 }  // namespace transpose

@@ -6,6 +6,10 @@
 
 namespace transpose {
 
+// std::fmax(a, b) for an `a` that is not NaN (a NaN `b` is ignored likewise), but inline: without
+// -ffinite-math-only std::fmax is a libm call on x86-64, and the minimal solvers call it often.
+inline double fmax_inline(double a, double b) { return b > a ? b : a; }
+
 inline double dot3(const double* a, const double* b) { return a[0] * b[0] + a[1] * b[1] + a[2] * b[2]; }
 
 inline void cross3(const double* a, const double* b, double* out) {
@@ -48,7 +52,7 @@ inline bool inv3(const double* M, double* out) {
   const double c02 = M[3] * M[7] - M[4] * M[6];
   const double det = M[0] * c00 + M[1] * c01 + M[2] * c02;
   double scale = 0.0;
-  for (int i = 0; i < 9; ++i) scale = std::fmax(scale, std::fabs(M[i]));
+  for (int i = 0; i < 9; ++i) scale = fmax_inline(scale, std::fabs(M[i]));
   if (!(std::fabs(det) > 1e-14 * scale * scale * scale)) return false;
   const double s = 1.0 / det;
   out[0] = c00 * s;

@@ -113,7 +113,8 @@ int p3p_lambda_twist(const double* bearings, const double* points, Pose* poses) 
   const double c2 = det_rows(p0, q1, q2) + det_rows(q0, p1, q2) + det_rows(q0, q1, p2);
   const double c1 = det_rows(q0, p1, p2) + det_rows(p0, q1, p2) + det_rows(p0, p1, q2);
   const double c0 = det_rows(p0, p1, p2);
-  const double cmax = std::fmax(std::fmax(std::fabs(c0), std::fabs(c1)), std::fmax(std::fabs(c2), std::fabs(c3)));
+  const double cmax =
+      fmax_inline(fmax_inline(std::fabs(c0), std::fabs(c1)), fmax_inline(std::fabs(c2), std::fabs(c3)));
   if (!(cmax > 0.0)) return 0;
 
   double D0[9];
@@ -135,7 +136,7 @@ int p3p_lambda_twist(const double* bearings, const double* points, Pose* poses) 
   const double tr = D0[0] + D0[4] + D0[8];
   const double minors = (D0[0] * D0[4] - D0[1] * D0[1]) + (D0[0] * D0[8] - D0[2] * D0[2]) +
                         (D0[4] * D0[8] - D0[5] * D0[5]);
-  const double disc = std::sqrt(std::fmax(0.0, tr * tr - 4.0 * minors));
+  const double disc = std::sqrt(fmax_inline(0.0, tr * tr - 4.0 * minors));
   double s1 = 0.5 * (tr + disc), s2 = 0.5 * (tr - disc);
   if (std::fabs(s2) > std::fabs(s1)) std::swap(s1, s2);
   if (!(std::fabs(s1) > 0.0)) return 0;
@@ -151,6 +152,11 @@ int p3p_lambda_twist(const double* bearings, const double* points, Pose* poses) 
   cross3(e3, e1, e2);
   const double ratio = -s2 / s1;
   const double s = ratio > 0.0 ? std::sqrt(ratio) : 0.0;
+
+  // The world triangle's basis X = [d12 d13 nrm], inverted once for every root below.
+  const double Xm[9] = {d12[0], d13[0], nrm[0], d12[1], d13[1], nrm[1], d12[2], d13[2], nrm[2]};
+  double Xi[9];
+  if (!inv3(Xm, Xi)) return 0;
 
   int count = 0;
   const int nsigns = s > 0.0 ? 2 : 1;
@@ -228,8 +234,8 @@ int p3p_lambda_twist(const double* bearings, const double* points, Pose* poses) 
         const double f0 = L[0] * L[0] + L[1] * L[1] - 2.0 * b12 * L[0] * L[1] - a12;
         const double f1 = L[0] * L[0] + L[2] * L[2] - 2.0 * b13 * L[0] * L[2] - a13;
         const double f2 = L[1] * L[1] + L[2] * L[2] - 2.0 * b23 * L[1] * L[2] - a23;
-        const double scale = std::fmax(a12, std::fmax(a13, a23));
-        if (!(std::fmax(std::fabs(f0), std::fmax(std::fabs(f1), std::fabs(f2))) <= 1e-9 * scale)) continue;
+        const double scale = fmax_inline(a12, fmax_inline(a13, a23));
+        if (!(fmax_inline(std::fabs(f0), fmax_inline(std::fabs(f1), std::fabs(f2))) <= 1e-9 * scale)) continue;
       }
 
       // Pose from the camera-frame triangle P_k = l_k y_k and the world triangle X_k.
@@ -245,9 +251,6 @@ int p3p_lambda_twist(const double* bearings, const double* points, Pose* poses) 
       cross3(u12, u13, ucr);
       // Columns: Y = [u12 u13 ucr], X = [d12 d13 nrm]; R = Y X^-1.
       const double Y[9] = {u12[0], u13[0], ucr[0], u12[1], u13[1], ucr[1], u12[2], u13[2], ucr[2]};
-      const double Xm[9] = {d12[0], d13[0], nrm[0], d12[1], d13[1], nrm[1], d12[2], d13[2], nrm[2]};
-      double Xi[9];
-      if (!inv3(Xm, Xi)) continue;
       Pose& pose = poses[count];
       matmul3(Y, Xi, pose.R);
       double RX1[3];
@@ -262,16 +265,16 @@ int p3p_lambda_twist(const double* bearings, const double* points, Pose* poses) 
       for (int r = 0; r < 3; ++r)
         for (int c = 0; c < 3; ++c) {
           const double rtr = pose.R[r] * pose.R[c] + pose.R[3 + r] * pose.R[3 + c] + pose.R[6 + r] * pose.R[6 + c];
-          off = std::fmax(off, std::fabs(rtr - (r == c ? 1.0 : 0.0)));
+          off = fmax_inline(off, std::fabs(rtr - (r == c ? 1.0 : 0.0)));
         }
       if (!(off < 1e-6) || !(det3(pose.R) > 0.0)) continue;
       // The two planes can meet the quadric in the same point (s tiny): drop duplicates.
       bool duplicate = false;
       for (int o = 0; o < count && !duplicate; ++o) {
         double diff = 0.0;
-        for (int k = 0; k < 9; ++k) diff = std::fmax(diff, std::fabs(poses[o].R[k] - pose.R[k]));
+        for (int k = 0; k < 9; ++k) diff = fmax_inline(diff, std::fabs(poses[o].R[k] - pose.R[k]));
         for (int k = 0; k < 3; ++k)
-          diff = std::fmax(diff, std::fabs(poses[o].t[k] - pose.t[k]) / (std::sqrt(a12) + 1e-300));
+          diff = fmax_inline(diff, std::fabs(poses[o].t[k] - pose.t[k]) / (std::sqrt(a12) + 1e-300));
         duplicate = diff < 1e-9;
       }
       if (!duplicate) ++count;

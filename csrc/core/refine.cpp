@@ -101,7 +101,7 @@ double pnp_normal_equations(const Gathered& G, const Intrinsics& K, const Pose& 
 
 }  // namespace
 
-int refine_pnp_lm(const Frame& f, const int* idx, int n, Pose& pose, int max_iterations) {
+int refine_pnp_lm(const Frame& f, const int* idx, int n, Pose& pose, int max_iterations, bool predict_stop) {
   if (n < 3 || max_iterations <= 0) return 0;
   Gathered G;
   G.assign(f, idx, n);
@@ -120,6 +120,15 @@ int refine_pnp_lm(const Frame& f, const int* idx, int n, Pose& pose, int max_ite
       lambda *= 10.0;
       if (lambda > 1e8) break;
       continue;
+    }
+    if (predict_stop) {
+      // Quadratic model of the cost along d: decrease = -g.d - d.H.d / 2.
+      double gd = 0.0, dHd = 0.0;
+      for (int r = 0; r < 6; ++r) {
+        gd += g[r] * d[r];
+        for (int c = 0; c < 6; ++c) dHd += d[r] * H[6 * r + c] * d[c];
+      }
+      if (-gd - 0.5 * dHd <= 1e-9 * cost) return it;
     }
     double dR[9];
     so3_exp(d, dR);
@@ -148,25 +157,58 @@ int refine_pnp_lm(const Frame& f, const int* idx, int n, Pose& pose, int max_ite
   return it;
 }
 
-int refine_hypothesis(const Frame& f, Model model, const ScoreParams& sp, int max_rounds, int lm_iterations,
-                      Pose& pose, std::vector<int>& scratch) {
+namespace {
+
+// The DSAC* loop of refine_hypothesis; with `scored` non-null the test-mode variant of
+// refine_hypothesis_scored, scored[0] / scored[1] being `before` / `after`.
+int refine_loop(const Frame& f, Model model, const ScoreParams& sp, int max_rounds, int lm_iterations, Pose& pose,
+                std::vector<int>& scratch, ScoreOut* scored) {
   scratch.resize(static_cast<size_t>(f.n));
   const int min_points = model == Model::kPnP ? 4 : 3;
   int previous = 0, fitted = 0;
+  bool listed = false;  // scratch and scored[1] describe `pose`
   for (int round = 0; round < max_rounds; ++round) {
-    const int count = collect_inliers(f, pose, sp, scratch.data());
+    int count;
+    if (scored) {
+      scored[1] = soft_score_collect(f, pose, sp, scratch.data());
+      if (round == 0) scored[0] = scored[1];
+      count = scored[1].inliers;
+      listed = true;
+    } else {
+      count = collect_inliers(f, pose, sp, scratch.data());
+    }
     if (count < min_points || count <= previous) break;
     previous = count;
     if (model == Model::kPnP) {
-      refine_pnp_lm(f, scratch.data(), count, pose, lm_iterations);
+      refine_pnp_lm(f, scratch.data(), count, pose, lm_iterations, scored != nullptr);
     } else {
       Pose fit;
       if (!rigid_align_indexed(f.points.data(), f.camera.data(), f.w.data(), scratch.data(), count, fit)) break;
       pose = fit;
     }
     fitted = count;
+    listed = false;
+  }
+  if (scored && !listed) {
+    scored[1] = soft_score_collect(f, pose, sp, scratch.data());
+    if (max_rounds <= 0) scored[0] = scored[1];
   }
   return fitted;
+}
+
+}  // namespace
+
+int refine_hypothesis(const Frame& f, Model model, const ScoreParams& sp, int max_rounds, int lm_iterations,
+                      Pose& pose, std::vector<int>& scratch) {
+  return refine_loop(f, model, sp, max_rounds, lm_iterations, pose, scratch, nullptr);
+}
+
+void refine_hypothesis_scored(const Frame& f, Model model, const ScoreParams& sp, int max_rounds, int lm_iterations,
+                              Pose& pose, std::vector<int>& scratch, ScoreOut& before, ScoreOut& after) {
+  ScoreOut scored[2];
+  refine_loop(f, model, sp, max_rounds, lm_iterations, pose, scratch, scored);
+  before = scored[0];
+  after = scored[1];
 }
 
 }  // namespace transpose

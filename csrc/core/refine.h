@@ -13,8 +13,11 @@ namespace transpose {
 
 // Minimise sum_k w_k |project(R X_k + t) - pixel_k|^2 over the valid indices idx[0..n) with
 // Levenberg-Marquardt (left-multiplied so(3) update). Returns the number of iterations done;
-// the pose is only changed by steps that lower the cost.
-int refine_pnp_lm(const Frame& f, const int* idx, int n, Pose& pose, int max_iterations);
+// the pose is only changed by steps that lower the cost. It stops once a step lowered the cost
+// by at most 1e-9 of it; with `predict_stop` also before a step whose predicted decrease (from
+// the normal equations at hand) is that small, which saves the pass over the points that would
+// only confirm convergence (the pose then differs by that last step, ~1e-9 relative).
+int refine_pnp_lm(const Frame& f, const int* idx, int n, Pose& pose, int max_iterations, bool predict_stop = false);
 
 // Which model an estimator refines.
 enum class Model { kPnP, kRigid };
@@ -24,5 +27,12 @@ enum class Model { kPnP, kRigid };
 // of inliers used for the last fit (0 when nothing was fitted).
 int refine_hypothesis(const Frame& f, Model model, const ScoreParams& sp, int max_rounds, int lm_iterations,
                       Pose& pose, std::vector<int>& scratch);
+
+// The same for test mode, which reports scores and inliers: LM with predict_stop, and inliers are
+// collected together with the soft score (soft_score_collect). On return `before` holds the soft
+// score and inlier count of the given pose, `after` those of the returned pose, whose inliers are
+// listed in scratch[0..after.inliers). With max_rounds = 0 the pose is only scored.
+void refine_hypothesis_scored(const Frame& f, Model model, const ScoreParams& sp, int max_rounds, int lm_iterations,
+                              Pose& pose, std::vector<int>& scratch, ScoreOut& before, ScoreOut& after);
 
 }  // namespace transpose

@@ -128,6 +128,35 @@ ScoreOut soft_score(const Frame& f, const Pose& pose, const ScoreParams& sp, dou
 }
 
 TRANSPOSE_HOT
+ScoreOut soft_score_collect(const Frame& f, const Pose& pose, const ScoreParams& sp, int* out) {
+  TRANSPOSE_POSE_LOCALS(pose, f);
+  const double* __restrict w = f.w.data();
+  const double cut = std::min(sp.cut, sp.max_err);
+  const double clamp_term = sp.max_err < sp.cut ? 1.0 / (1.0 + std::exp(sp.beta * (sp.max_err - sp.tau))) : 0.0;
+  const double cut2 = cut * cut, tau2 = sp.tau * sp.tau, beta = sp.beta, tau = sp.tau;
+  alignas(32) double e2[kBlock];
+  ScoreOut result;
+  for (int begin = 0; begin < f.n; begin += kBlock) {
+    const int end = std::min(f.n, begin + kBlock);
+    // The terms as in soft_score, from errors kept for the inlier list below.
+    double s = 0.0;
+#pragma omp simd
+    for (int i = begin; i < end; ++i) e2[i - begin] = TRANSPOSE_SQUARED_ERROR(i);
+#pragma omp simd reduction(+ : s)
+    for (int i = begin; i < end; ++i) {
+      const double q = e2[i - begin];
+      const double e = q < cut2 ? q : cut2;
+      const double soft = w[i] / (1.0 + exp_bounded(beta * (std::sqrt(e) - tau)));
+      s += q < cut2 ? soft : w[i] * clamp_term;
+    }
+    result.score += s;
+    for (int k = 0; k < end - begin; ++k)
+      if (e2[k] < tau2) out[result.inliers++] = begin + k;
+  }
+  return result;
+}
+
+TRANSPOSE_HOT
 int collect_inliers(const Frame& f, const Pose& pose, const ScoreParams& sp, int* out) {
   TRANSPOSE_POSE_LOCALS(pose, f);
   alignas(32) double e2[kBlock];

@@ -37,6 +37,10 @@ ScoreOut soft_score(const Frame& f, const Pose& pose, const ScoreParams& sp, dou
 // Valid indices with err < tau into `out` (room for f.n); returns their number.
 int collect_inliers(const Frame& f, const Pose& pose, const ScoreParams& sp, int* out);
 
+// soft_score (every correspondence) and collect_inliers in one pass: the score and the number of
+// inliers, whose valid indices go to `out` (room for f.n).
+ScoreOut soft_score_collect(const Frame& f, const Pose& pose, const ScoreParams& sp, int* out);
+
 // Clamped reprojection errors of every valid correspondence into `out` (f.n values).
 void reprojection_errors(const Frame& f, const Pose& pose, const ScoreParams& sp, double* out);
 

@@ -6,9 +6,12 @@ Pose estimation from 2D-3D correspondences in the DSAC* style:
   agree (reprojection error below ``threshold``);
 - soft inlier score ``sum_i w_i (1 - sigmoid(beta (err_i - tau)))`` with ``beta = 5 / tau``,
   errors clamped to ``max_reprojection_error``; logits ``alpha * score / sum(w)``;
-- test mode picks the argmax (with early exit on hypotheses that cannot win) and refines it;
-  training mode scores every hypothesis, draws the winner from ``softmax(logits)`` and returns all
-  hypotheses (for the expected-pose loss of end-to-end training);
+- test mode picks the argmax and refines it; hypotheses are ranked in float32 (8 SIMD lanes on
+  AVX2), first on a random subset of the cells, and only the best few are scored on every cell
+  (``preemptive_cells``, ``preemptive_keep``); ``exact_scoring=True`` scores every hypothesis on
+  every cell in float64 instead. Reported scores are float64 either way;
+- training mode scores every hypothesis (float64), draws the winner from ``softmax(logits)`` and
+  returns all hypotheses (for the expected-pose loss of end-to-end training);
 - adaptive mode keeps drawing 4-cell samples until an all-inlier sample was drawn with probability
   ``confidence`` (capped by ``max_iterations``), for low inlier ratios;
 - refinement re-collects inliers (error < ``threshold``) and re-fits (Levenberg-Marquardt on the
@@ -24,14 +27,16 @@ the core runs. Bad input raises ``ValueError`` naming the argument.
 
 Coordinate maps that are CUDA tensors take the GPU route of :mod:`transpose.ransac_gpu` in
 :func:`estimate_pose` / :func:`estimate_pose_batch` (fixed-count test mode, extension built with
-``setup_scripts/build_cuda.sh``): the map stays on the GPU, where every hypothesis is scored, and the
-same seed gives the CPU core's hypotheses. Without the kernels they are solved on the CPU after a
-one-time warning; ``device="cuda"`` / ``device="cpu"`` force a route.
+``setup_scripts/build_cuda.sh``): the map stays on the GPU, where every hypothesis is scored on every
+cell, and the same seed gives the CPU core's hypotheses and, as with ``exact_scoring=True``, its
+pose. Without the kernels they are solved on the CPU after a one-time warning; ``device="cuda"`` /
+``device="cpu"`` force a route.
 """
 from __future__ import annotations
 
-import dataclasses
+import contextlib
 import functools
+import math
 from dataclasses import dataclass
 from typing import Any, Optional, Sequence, Tuple, Union
 
@@ -63,6 +68,9 @@ class RansacOptions:
     max_iterations: int = 100000
     min_iterations: int = 0
     early_exit: bool = True
+    exact_scoring: bool = False  # test mode: float64 scores on every cell (else float32, preemptive)
+    preemptive_cells: int = 256  # fixed count: rank hypotheses on this many random cells first (0: off)
+    preemptive_keep: int = 8     # ... and score the best this many on every cell
     refine: bool = True
     refine_rounds: int = 100
     lm_iterations: int = 10
@@ -75,8 +83,8 @@ class RansacOptions:
         """Return self; raise ValueError naming the first option out of range."""
         checks = [
             ("num_hypotheses", self.num_hypotheses >= 1),
-            ("threshold", np.isfinite(self.threshold) and self.threshold > 0),
-            ("alpha", np.isfinite(self.alpha) and self.alpha > 0),
+            ("threshold", math.isfinite(self.threshold) and self.threshold > 0),
+            ("alpha", math.isfinite(self.alpha) and self.alpha > 0),
             ("max_reprojection_error", self.max_reprojection_error > 0),
             ("max_tries_per_hypothesis", self.max_tries_per_hypothesis >= 1),
             ("confidence", 0 < self.confidence < 1),
@@ -84,6 +92,8 @@ class RansacOptions:
             ("min_iterations", self.min_iterations >= 0),
             ("refine_rounds", self.refine_rounds >= 0),
             ("lm_iterations", self.lm_iterations >= 0),
+            ("preemptive_cells", self.preemptive_cells >= 0),
+            ("preemptive_keep", self.preemptive_keep >= 1),
             ("seed", 0 <= int(self.seed) < 2 ** 64),
         ]
         for name, ok in checks:
@@ -94,7 +104,7 @@ class RansacOptions:
         return self
 
     def to_core(self) -> dict:
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        return dict(vars(self))  # the fields (a plain dataclass: its __dict__ holds exactly them)
 
 
 @dataclass
@@ -140,6 +150,9 @@ class PoseResult:
 
 # --------------------------------------------------------------------------- input checks
 
+_REAL_KINDS = "fiu"  # numpy dtype kinds accepted as real values: float, signed and unsigned integer
+
+
 def _to_numpy(x: ArrayLike, name: str) -> np.ndarray:
     """numpy view/copy of an array or (any-device) torch tensor; ValueError for other objects."""
     if hasattr(x, "detach") and hasattr(x, "cpu"):  # torch tensor, without importing torch
@@ -154,7 +167,7 @@ def _to_numpy(x: ArrayLike, name: str) -> np.ndarray:
 def _as_float(x: ArrayLike, name: str, shape: Tuple[Optional[int], ...]) -> np.ndarray:
     """float64 C-contiguous array with the given shape (None = any size); checks dtype and shape."""
     arr = _to_numpy(x, name)
-    if arr.dtype == bool or not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
+    if arr.dtype.kind not in _REAL_KINDS:
         raise ValueError(f"{name}: expected a real-valued float array, got dtype {arr.dtype}")
     want = "(" + ", ".join("N" if s is None else str(s) for s in shape) + ")"
     if arr.ndim != len(shape) or any(s is not None and s != d for s, d in zip(shape, arr.shape)):
@@ -184,10 +197,10 @@ def _as_weights(x: Optional[ArrayLike], name: str, shape: Tuple[int, ...]) -> Op
 
 def _intrinsics(K: ArrayLike, name: str = "K") -> np.ndarray:
     """(fx, fy, cx, cy) from a 3x3 pinhole matrix, checked by geometry.check_intrinsics."""
-    K = geometry.check_intrinsics(_to_numpy(K, name), name)
-    if K[0, 1] != 0:
+    (fx, skew, cx), (_, fy, cy), _ = geometry.check_intrinsics(_to_numpy(K, name), name).tolist()
+    if skew != 0:
         raise ValueError(f"{name}: skewed intrinsics (K[0, 1] != 0) are not supported")
-    return np.array([K[0, 0], K[1, 1], K[0, 2], K[1, 2]], dtype=np.float64)
+    return np.array((fx, fy, cx, cy))
 
 
 def _options(options: dict) -> RansacOptions:
@@ -200,7 +213,7 @@ def _options(options: dict) -> RansacOptions:
 
 def _check_finite(values: np.ndarray, valid: Optional[np.ndarray], name: str) -> None:
     """Raise when a valid row of ``values (N, C)`` holds NaN or inf."""
-    if np.isfinite(values.sum()):  # fast path: a finite sum means every entry is finite
+    if math.isfinite(values.sum()):  # fast path: a finite sum means every entry is finite
         return
     bad = ~np.isfinite(values).all(axis=-1)
     if valid is not None:
@@ -227,8 +240,7 @@ def _count_valid(weights: Optional[np.ndarray], n: int, name: str) -> None:
 
 
 def _result(d: dict, cells_shape: Tuple[int, ...]) -> PoseResult:
-    R, t = d["R"], d["t"]
-    pose = geometry.invert_pose(geometry.make_pose(R, t))
+    R, t, pose = d["R"], d["t"], d["pose"]
     extra = {k: d.get(k) for k in ("hypotheses_R", "hypotheses_t", "logits", "samples", "refined_R", "refined_t")}
     return PoseResult(R=R, t=t, pose=pose, inliers=d["inliers"].reshape(cells_shape), score=float(d["score"]),
                       num_inliers=int(d["num_inliers"]), num_hypotheses=int(d["num_hypotheses"]),
@@ -244,18 +256,32 @@ def _pixel_grid(H: int, W: int, stride: int) -> np.ndarray:
     return grid
 
 
-def _map_points(coords: ArrayLike, name: str, lead: Tuple[Optional[int], ...] = ()) -> np.ndarray:
-    """``(..., 3, H, W)`` map -> float64 ``(..., H * W, 3)`` points in one copy (dtype and shape checked)."""
+def _map_planes(coords: ArrayLike, name: str, lead: Tuple[Optional[int], ...] = ()) -> np.ndarray:
+    """``(..., 3, H, W)`` map -> ``(..., 3, H * W)`` planes, float32 or float64 (dtype and shape checked;
+    a contiguous float32 / float64 map is used as it is, which keeps the per-frame cost of the core's
+    entry points low)."""
     arr = _to_numpy(coords, name)
     shape = lead + (3, None, None)
-    if arr.dtype == bool or not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
+    if arr.dtype.kind not in _REAL_KINDS:
         raise ValueError(f"{name}: expected a real-valued float array, got dtype {arr.dtype}")
     if arr.ndim != len(shape) or any(s is not None and s != d for s, d in zip(shape, arr.shape)):
         want = "(" + ", ".join("N" if s is None else str(s) for s in shape) + ")"
         want = want.replace("N, 3, N, N", "B, 3, H, W").replace("(3, N, N)", "(3, H, W)")
         raise ValueError(f"{name}: expected shape {want}, got {tuple(arr.shape)}")
     flat = arr.reshape(arr.shape[:-2] + (-1,))
-    return np.ascontiguousarray(np.swapaxes(flat, -1, -2), dtype=np.float64)
+    if flat.dtype != np.float32:
+        flat = flat.astype(np.float64, copy=False)
+    return np.ascontiguousarray(flat)
+
+
+def _map_points(coords: ArrayLike, name: str, lead: Tuple[Optional[int], ...] = ()) -> np.ndarray:
+    """``(..., 3, H, W)`` map -> float64 ``(..., H * W, 3)`` points (dtype and shape checked)."""
+    flat = _map_planes(coords, name, lead)
+    # One row at a time: numpy's transposing copy of the whole map is ~3x slower.
+    out = np.empty(flat.shape[:-2] + (flat.shape[-1], 3))
+    for k in range(3):
+        out[..., k] = flat[..., k, :]
+    return out
 
 
 def _check_stride(stride: Any) -> int:
@@ -266,15 +292,29 @@ def _check_stride(stride: Any) -> int:
 
 def _map_correspondences(coords: ArrayLike, stride: int, mask: Optional[ArrayLike], weights: Optional[ArrayLike],
                          name: str = "coords"):
-    """Flatten a (3, H, W) map: pixels (H*W, 2), points (H*W, 3), weights (H*W,) or None, (H, W)."""
-    points = _map_points(coords, name)
-    H, W = _to_numpy(coords, name).shape[1:]
+    """Flatten a (3, H, W) map: pixels (H*W, 2), points as (3, H*W) planes, weights (H*W,) or None, (H, W).
+
+    Finiteness is left to the core (see _named_core_error)."""
+    points = _map_planes(coords, name)
+    H, W = np.shape(coords)[1:]
     stride = _check_stride(stride)
     m = _as_mask(mask, "mask", (H, W))
     w = _as_weights(weights, "weights", (H, W))
     wflat = _combine(None if m is None else m.reshape(-1), None if w is None else w.reshape(-1))
-    _check_finite(points, None if wflat is None else wflat > 0, name)
     return _pixel_grid(H, W, stride), points, wflat, (H, W)
+
+
+@contextlib.contextmanager
+def _named_core_error(planes: np.ndarray, weights: Optional[np.ndarray], names: Sequence[str]):
+    """The core checks coordinate maps for NaN / inf itself (one vectorised pass, cheaper than a
+    numpy check on every frame); when it raises, name the map (frame) at fault if that was it.
+    ``planes``: (B, 3, N) maps, ``weights``: (B, N) or None, ``names``: one per map."""
+    try:
+        yield
+    except ValueError:
+        for b, name in enumerate(names):
+            _check_finite(planes[b].T, None if weights is None else weights[b] > 0, name)
+        raise
 
 
 # --------------------------------------------------------------------------- estimators
@@ -308,9 +348,11 @@ def estimate_pose(coords: ArrayLike, K: ArrayLike, stride: int = 8, *, mask: Opt
                                              options=opts, num_threads=opts.num_threads, single=True,
                                              device=None if device in (None, "auto") else device)[0]
     Kv = _intrinsics(K)
-    pixels, points, w, shape = _map_correspondences(coords, stride, mask, weights)
-    _count_valid(w, points.shape[0], "coords")
-    return _result(_core.ransac(pixels, points, None, w, Kv, opts.to_core()), shape)
+    pixels, planes, w, shape = _map_correspondences(coords, stride, mask, weights)
+    _count_valid(w, planes.shape[1], "coords")
+    with _named_core_error(planes[None], None if w is None else w[None], ["coords"]):
+        d = _core.ransac(pixels, planes, None, w, Kv, opts.to_core(), planes=True)
+    return _result(d, shape)
 
 
 def estimate_pose_from_points(pixels: ArrayLike, points: ArrayLike, K: ArrayLike, *,
@@ -402,7 +444,7 @@ def estimate_pose_batch(coords: ArrayLike, K: ArrayLike, stride: int = 8, *, mas
         return ransac_gpu.estimate_pose_maps(coords, K, stride, mask=mask, weights=weights, seeds=seed,
                                              options=opts, num_threads=num_threads,
                                              device=None if device in (None, "auto") else device)
-    points = _map_points(coords, "coords", (None,))
+    planes = _map_planes(coords, "coords", (None,))
     B, _, H, W = _to_numpy(coords, "coords").shape
     if B == 0:
         return []
@@ -426,10 +468,10 @@ def estimate_pose_batch(coords: ArrayLike, K: ArrayLike, stride: int = 8, *, mas
     wts = _as_weights(weights, "weights", (B, H, W))
     w = _combine(None if m is None else m.reshape(B, -1), None if wts is None else wts.reshape(B, -1))
     for b in range(B):
-        _check_finite(points[b], None if w is None else w[b] > 0, f"coords[{b}]")
         _count_valid(None if w is None else w[b], H * W, f"coords[{b}]")
     pixels = np.ascontiguousarray(np.broadcast_to(_pixel_grid(H, W, stride), (B, H * W, 2)))
-    out = _core.ransac_batch(pixels, points, None, w, Kv, seeds, opts.to_core(), int(num_threads))
+    with _named_core_error(planes, w, [f"coords[{b}]" for b in range(B)]):
+        out = _core.ransac_batch(pixels, planes, None, w, Kv, seeds, opts.to_core(), int(num_threads), planes=True)
     return [_result(d, (H, W)) for d in out]
 
 
@@ -479,8 +521,12 @@ def refine_pose(pixels: ArrayLike, points: ArrayLike, K: ArrayLike, R: ArrayLike
 
 def soft_score(pixels: ArrayLike, points: ArrayLike, K: ArrayLike, R: ArrayLike, t: ArrayLike, *,
                weights: Optional[ArrayLike] = None, threshold: float = 10.0,
-               max_reprojection_error: float = 100.0) -> Tuple[float, int, np.ndarray]:
-    """``(soft score, hard inlier count, errors (N,))`` of a world-to-camera pose (NaN error = dropped)."""
+               max_reprojection_error: float = 100.0, float32: bool = False) -> Tuple[float, int, np.ndarray]:
+    """``(soft score, hard inlier count, errors (N,))`` of a world-to-camera pose (NaN error = dropped).
+
+    ``float32=True`` computes score and count as test-mode RANSAC ranks its hypotheses (float32,
+    ~1e-6 relative to the float64 score); the errors stay float64.
+    """
     Kv = _intrinsics(K)
     px = _as_float(pixels, "pixels", (None, 2))
     pts = _as_float(points, "points", (px.shape[0], 3))
@@ -488,7 +534,7 @@ def soft_score(pixels: ArrayLike, points: ArrayLike, K: ArrayLike, R: ArrayLike,
     _check_finite(px, None if w is None else w > 0, "pixels")
     _check_finite(pts, None if w is None else w > 0, "points")
     return _core.soft_score(px, pts, w, Kv, _as_float(R, "R", (3, 3)), _as_float(t, "t", (3,)),
-                            float(threshold), float(max_reprojection_error))
+                            float(threshold), float(max_reprojection_error), bool(float32))
 
 
 # --------------------------------------------------------------------------- end-to-end training (DSAC* loss)
