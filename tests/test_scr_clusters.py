@@ -52,3 +52,19 @@ def test_training_with_clusters_learns(tmp_path):
                                    "--seed", "0"]) == 0
     err = np.asarray(read_csv_log(tmp_path / "c_log" / "log.csv")["coord_error"])
     assert err[-3:].mean() < 0.5 * err[:3].mean()
+
+    # --init fine-tunes that network: its width, head, centres and weights, whatever the flags say
+    from transpose.train.scr import load_network
+
+    before, _ = load_network(net)
+    tuned = tmp_path / "t.net"
+    assert cli._run("train_init", [str(tmp_path / "s"), str(tuned), "--section", "train_sim", "--init", str(net),
+                                   "--width", "1.0", "--clusters", "8", "--iterations", "20", "--no_augment",
+                                   "--learningrate", "1e-5", "--seed", "0"]) == 0
+    err_tuned = np.asarray(read_csv_log(tmp_path / "t_log" / "log.csv")["coord_error"])
+    assert err_tuned.mean() < 0.5 * err[:3].mean()  # starts where the first run ended, not from scratch
+    after, options = load_network(tuned)
+    assert options["width"] == 0.5 and options["num_clusters"] == 64
+    assert torch.equal(after.cluster_centers, before.cluster_centers)
+    assert cli._run("train_init", [str(tmp_path / "s"), str(tmp_path / "x.net"), "--init",
+                                   str(tmp_path / "missing.net")]) == 2

@@ -75,6 +75,9 @@ def train_init_parser() -> argparse.ArgumentParser:
     p.add_argument("--clusters", type=int, default=0,
                    help="K > 0: predict one of K scene-point clusters plus an offset per cell (learns a scene "
                    "from scratch much faster); 0: direct regression as DSAC* (default)")
+    p.add_argument("--init", default=None, metavar="CHECKPOINT",
+                   help="start from this coordinate network's weights (fine-tuning: its width, head and scene "
+                   "centre are kept; --width / --clusters / --norm / --uncertainty are then ignored)")
     p.add_argument("--norm", choices=("group", "none"), default="group",
                    help="GroupNorm after each convolution (default; converges ~10x faster) or none (DSAC*'s layers)")
     p.add_argument("--image_height", type=_positive(int, "--image_height"), default=None,
@@ -114,7 +117,7 @@ def _init_config_from_args(args: argparse.Namespace):
                             mindepth=args.mindepth, inittolerance=args.inittolerance, targetdepth=args.targetdepth),
         sparse=args.sparse, uncertainty=args.uncertainty, nll_weight=args.nll_weight, width=args.width,
         norm=args.norm, clusters=args.clusters, tiny=args.tiny, image_height=args.image_height, augment=not args.no_augment,
-        aug_scale=tuple(args.aug_scale), aug_rotation=args.aug_rotation, seed=args.seed,
+        aug_scale=tuple(args.aug_scale), aug_rotation=args.aug_rotation, init=args.init, seed=args.seed,
         checkpoint_every=args.checkpoint_every, resume=args.resume, max_minutes=args.max_minutes,
         num_workers=args.workers, device=args.device, logdir=args.logdir, root=args.root)
 

@@ -34,6 +34,7 @@ class InitConfig:
     width: float = 1.0
     norm: str = "group"
     clusters: int = 0               # K > 0: cluster-classification head (see SCRNet), 0: regression (DSAC*)
+    init: Optional[str] = None      # start from this coordinate checkpoint's weights (fine-tuning)
     tiny: bool = False              # DSAC*'s --tiny: width 0.5
     image_height: Optional[int] = None
     augment: bool = True
@@ -124,14 +125,14 @@ def coordinate_loss(net: SCRNet, coords: torch.Tensor, sigma: Optional[torch.Ten
     """Training loss of a coordinate network's last forward pass ``coords (B, 3, h, w)``, ``sigma (B, 1, h, w)``.
 
     DSAC*'s initialisation loss (regression) or the cluster head's cross-entropy + offset loss
-    (``cfg.clusters``), plus the uncertainty NLL on labelled cells. Shared by ``train_init`` and the
+    (a network with clusters), plus the uncertainty NLL on labelled cells (a network with uncertainty). Shared by ``train_init`` and the
     sim-to-real trainer. Returns ``(loss, metrics)``.
     """
     pose = batch["pose"].to(device).double()
     K = batch["K"].to(device).double()
     target = batch["coords"].to(device) if "coords" in batch else None
     mask = batch["mask"].to(device) if "mask" in batch else None
-    if cfg.clusters:
+    if net.num_clusters:
         logits, offsets = net.cluster_outputs()
         loss, stats = cluster_loss(logits, offsets, net.cluster_centers, target, mask)
         metrics = {"loss_coords": loss.detach(), "cluster_accuracy": stats["accuracy"]}
@@ -143,7 +144,7 @@ def coordinate_loss(net: SCRNet, coords: torch.Tensor, sigma: Optional[torch.Ten
         metrics = {"loss_coords": loss.detach(), "valid": stats["valid"]}
         if "coord_error" in stats:
             metrics["coord_error"] = stats["coord_error"]
-    if cfg.uncertainty and mask is not None:
+    if net.uncertainty and mask is not None:
         # coords are detached (and the sigma head sees detached features): sigma learns to
         # predict the coordinates' error without the 1/sigma^2 weighting slowing their regression
         nll = uncertainty_nll(coords.detach(), sigma, target, mask)
@@ -153,8 +154,11 @@ def coordinate_loss(net: SCRNet, coords: torch.Tensor, sigma: Optional[torch.Ten
 
 
 def build_network(cfg: InitConfig, datasets: list) -> SCRNet:
-    """A fresh SCRNet for ``cfg``: scene centre = mean training camera position (DSAC*), and with
-    ``cfg.clusters`` the k-means centres of the training targets."""
+    """The SCRNet ``cfg`` trains: with ``cfg.init`` the network of that checkpoint (its width, head and
+    scene centre), else a fresh one whose scene centre is the mean training camera position (DSAC*)
+    and, with ``cfg.clusters``, whose cluster centres are the k-means centres of the training targets."""
+    if cfg.init:
+        return _initial_network(cfg.init)
     poses = torch.cat([torch.as_tensor(d.poses) for d in datasets])
     net = SCRNet(scene_center=poses[:, :3, 3].mean(dim=0), width=cfg.network_width(), uncertainty=cfg.uncertainty,
                  norm=cfg.norm, num_clusters=cfg.clusters)
@@ -162,6 +166,23 @@ def build_network(cfg: InitConfig, datasets: list) -> SCRNet:
         if cfg.loss.mode == 0 or any(d.targets == "none" for d in datasets):
             raise ValueError("--clusters needs coordinate targets (depth or init/); it does not work with --mode 0")
         net.cluster_centers.copy_(_scene_clusters(cfg, datasets))
+    return net
+
+
+def _initial_network(path) -> SCRNet:
+    """The coordinate network (SCRNet part) of a checkpoint, for ``--init``: a plain train_init /
+    train_e2e network, or the SCRNet inside a TransPose network (its heads and task encoders are not taken)."""
+    from .checkpoint import load_checkpoint
+
+    ckpt = load_checkpoint(path, KIND)
+    net = SCRNet.from_options(ckpt["options"])
+    state = ckpt["model"]
+    if ckpt["options"].get("transpose"):
+        state = {k[len("scr."):]: v for k, v in state.items() if k.startswith("scr.")}
+    try:
+        net.load_state_dict(state)
+    except RuntimeError as exc:
+        raise ValueError(f"--init {path}: weights do not match the network its options describe ({exc})") from None
     return net
 
 
