@@ -1,5 +1,7 @@
 #include "scoring.h"
 
+#include "exp_bounded.h"
+
 #include "simd.h"
 
 #include <algorithm>
@@ -11,36 +13,6 @@ namespace transpose {
 namespace {
 
 constexpr int kBlock = 128;
-
-// exp(x) for |x| < 700 without branches, so loops calling it vectorise (SSE2 is enough):
-// exp(x) = 2^n e^f with n = round(x / ln 2); 2^n goes straight into the exponent bits, e^f
-// (|f| <= ln(2) / 2) comes from a degree-10 Taylor polynomial; relative error < 4e-13.
-inline double exp_bounded(double x) {
-  const double y = x * 1.4426950408889634;          // log2(e)
-  const double shift = 6755399441055744.0;         // 1.5 * 2^52: adding it rounds to an integer
-  const double t = y + shift;
-  const double n = t - shift;
-  const double f = (y - n) * 0.6931471805599453;   // ln(2)
-  double p = 1.0 / 3628800.0;
-  p = p * f + 1.0 / 362880.0;
-  p = p * f + 1.0 / 40320.0;
-  p = p * f + 1.0 / 5040.0;
-  p = p * f + 1.0 / 720.0;
-  p = p * f + 1.0 / 120.0;
-  p = p * f + 1.0 / 24.0;
-  p = p * f + 1.0 / 6.0;
-  p = p * f + 0.5;
-  p = p * f + 1.0;
-  p = p * f + 1.0;
-  int64_t tb, pb, sb;
-  std::memcpy(&tb, &t, sizeof tb);
-  std::memcpy(&pb, &p, sizeof pb);
-  std::memcpy(&sb, &shift, sizeof sb);
-  pb += (tb - sb) * (int64_t(1) << 52);  // multiply p by 2^n through the exponent field
-  double out;
-  std::memcpy(&out, &pb, sizeof out);
-  return out;
-}
 
 // Squared reprojection error of one correspondence (a huge value when the point is behind the
 // camera). Branch-free so that loops around it vectorise.

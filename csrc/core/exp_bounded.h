@@ -1,0 +1,62 @@
+// exp(x) for |x| < 700 without branches, one definition for the CPU core (scoring.cpp, where
+// loops calling it vectorise) and the CUDA kernels (csrc/cuda/cell_score.h), so that GPU and CPU
+// scores agree to rounding, which the device's own exp() would not.
+#pragma once
+
+#include <cstdint>
+#include <cstring>
+
+#if defined(__CUDACC__)
+#define TRANSPOSE_HD __host__ __device__ __forceinline__
+#else
+#define TRANSPOSE_HD inline
+#endif
+
+namespace transpose {
+
+// Bit casts between double and int64 (memcpy on the host; register moves on the device).
+TRANSPOSE_HD int64_t bits_of(double x) {
+#if defined(__CUDA_ARCH__)
+  return __double_as_longlong(x);
+#else
+  int64_t b;
+  std::memcpy(&b, &x, sizeof b);
+  return b;
+#endif
+}
+
+TRANSPOSE_HD double double_of(int64_t b) {
+#if defined(__CUDA_ARCH__)
+  return __longlong_as_double(b);
+#else
+  double x;
+  std::memcpy(&x, &b, sizeof x);
+  return x;
+#endif
+}
+
+// exp(x) for |x| < 700: the branch-free polynomial of scoring.cpp (2^n e^f, degree-10 Taylor for
+// e^f, relative error < 4e-13). The same polynomial on both sides keeps GPU and CPU scores equal
+// to rounding, which the device's own exp() would not.
+TRANSPOSE_HD double exp_bounded(double x) {
+  const double y = x * 1.4426950408889634;   // log2(e)
+  const double shift = 6755399441055744.0;  // 1.5 * 2^52: adding it rounds to an integer
+  const double t = y + shift;
+  const double n = t - shift;
+  const double f = (y - n) * 0.6931471805599453;  // ln(2)
+  double p = 1.0 / 3628800.0;
+  p = p * f + 1.0 / 362880.0;
+  p = p * f + 1.0 / 40320.0;
+  p = p * f + 1.0 / 5040.0;
+  p = p * f + 1.0 / 720.0;
+  p = p * f + 1.0 / 120.0;
+  p = p * f + 1.0 / 24.0;
+  p = p * f + 1.0 / 6.0;
+  p = p * f + 0.5;
+  p = p * f + 1.0;
+  p = p * f + 1.0;
+  // multiply p by 2^n through the exponent field
+  return double_of(bits_of(p) + (bits_of(t) - bits_of(shift)) * (int64_t(1) << 52));
+}
+
+}  // namespace transpose
