@@ -317,7 +317,7 @@ def demo_parser() -> argparse.ArgumentParser:
     p.add_argument("--root", default="datasets")
     p.add_argument("--scene", default="synthetic_indoor")
     p.add_argument("--out", default="output/demo", help="where the network, results and figures go")
-    p.add_argument("--minutes", type=float, default=12.0, help="training budget in minutes")
+    p.add_argument("--minutes", type=float, default=11.0, help="training budget in minutes")
     p.add_argument("--iterations", type=int, default=8000, help="training iterations (stops earlier at --minutes)")
     # 160x120 images: a quarter of the cost of 320x240 per step, so four times the steps in the same
     # budget, and each cell's receptive field covers more of the view (measured: 11 cm / 2.2 deg median on
