@@ -124,9 +124,9 @@ def coordinate_loss(net: SCRNet, coords: torch.Tensor, sigma: Optional[torch.Ten
                     cfg: InitConfig, device) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
     """Training loss of a coordinate network's last forward pass ``coords (B, 3, h, w)``, ``sigma (B, 1, h, w)``.
 
-    DSAC*'s initialisation loss (regression) or the cluster head's cross-entropy + offset loss
-    (a network with clusters), plus the uncertainty NLL on labelled cells (a network with uncertainty). Shared by ``train_init`` and the
-    sim-to-real trainer. Returns ``(loss, metrics)``.
+    DSAC*'s initialisation loss (regression) or the cluster head's cross-entropy + offset loss (a
+    network with clusters), plus the uncertainty NLL on labelled cells (a network with uncertainty).
+    Shared by ``train_init`` and the sim-to-real trainer. Returns ``(loss, metrics)``.
     """
     pose = batch["pose"].to(device).double()
     K = batch["K"].to(device).double()
@@ -157,14 +157,18 @@ def build_network(cfg: InitConfig, datasets: list) -> SCRNet:
     """The SCRNet ``cfg`` trains: with ``cfg.init`` the network of that checkpoint (its width, head and
     scene centre), else a fresh one whose scene centre is the mean training camera position (DSAC*)
     and, with ``cfg.clusters``, whose cluster centres are the k-means centres of the training targets."""
+    clusters = cfg.clusters
     if cfg.init:
-        return _initial_network(cfg.init)
+        net = _initial_network(cfg.init)
+        clusters = net.num_clusters
+    if clusters and (cfg.loss.mode == 0 or any(d.targets == "none" for d in datasets)):
+        raise ValueError("--clusters needs coordinate targets (depth or init/); it does not work with --mode 0")
+    if cfg.init:
+        return net
     poses = torch.cat([torch.as_tensor(d.poses) for d in datasets])
     net = SCRNet(scene_center=poses[:, :3, 3].mean(dim=0), width=cfg.network_width(), uncertainty=cfg.uncertainty,
-                 norm=cfg.norm, num_clusters=cfg.clusters)
-    if cfg.clusters:
-        if cfg.loss.mode == 0 or any(d.targets == "none" for d in datasets):
-            raise ValueError("--clusters needs coordinate targets (depth or init/); it does not work with --mode 0")
+                 norm=cfg.norm, num_clusters=clusters)
+    if clusters:
         net.cluster_centers.copy_(_scene_clusters(cfg, datasets))
     return net
 
@@ -187,15 +191,15 @@ def _initial_network(path) -> SCRNet:
 
 
 def train_init(cfg: InitConfig) -> Dict[str, Any]:
-    """Train a coordinate network from scratch; return the loop's summary plus the dataset size."""
+    """Train a coordinate network (from scratch, or from ``cfg.init``); return the loop's summary
+    plus the dataset size."""
     seed_everything(cfg.seed)
     device = pick_device(cfg.device)
     dataset = build_dataset(cfg)
     if cfg.loss.mode != 0 and dataset.targets == "none":
         raise ValueError(f"{dataset.section_dir}: mode {cfg.loss.mode} needs depth/ or init/ targets; "
                          f"use --mode 0 for RGB-only training")
-    net = build_network(cfg, [dataset])
-    net = net.to(device)
+    net = build_network(cfg, [dataset]).to(device)
     optimizer = torch.optim.Adam(net.parameters(), lr=cfg.learningrate)
     scheduler = _scheduler(optimizer, cfg)
 
