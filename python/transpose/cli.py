@@ -124,19 +124,25 @@ def _init_config_from_args(args: argparse.Namespace):
 
 def run_train_init(args: argparse.Namespace) -> Dict:
     from .train import scr, transfer
-    from .train.distributed import is_main_process
 
     if transfer.uses_transfer(args):  # several sections, --contrastive, --task or --mlr
         cfg, trainer = transfer.config_from_args(args), transfer.train_transfer
     else:
         cfg, trainer = _init_config_from_args(args), scr.train_init
     summary = trainer(cfg)
-    m = summary["metrics"]
+    _print_trained(summary, cfg.out, "loss")
+    return summary
+
+
+def _print_trained(summary: Dict, out: str, loss_name: str) -> None:
+    """One line after SCR training (rank 0 only): iterations, time, speed, the last loss, the checkpoint."""
+    from .train.distributed import is_main_process
+
     if is_main_process():
+        m = summary["metrics"]
         print(f"trained {summary['iterations']} iterations in {summary['seconds']:.0f} s "
               f"({m.get('it_per_s', float('nan')):.2f} it/s) on {summary['frames']} frames; "
-              f"last loss {m.get('loss', float('nan')):.4g}; saved {cfg.out}")
-    return summary
+              f"last {loss_name} {m.get('loss', float('nan')):.4g}; saved {out}")
 
 
 # --------------------------------------------------------------------------- train_e2e
@@ -179,7 +185,6 @@ def train_e2e_parser() -> argparse.ArgumentParser:
 
 
 def run_train_e2e(args: argparse.Namespace) -> Dict:
-    from .train.distributed import is_main_process
     from .train.e2e import E2EConfig, train_e2e as _train
 
     cfg = E2EConfig(scene=args.scene, init=args.network_in, out=args.network, section=args.section, mode=args.mode,
@@ -191,11 +196,7 @@ def run_train_e2e(args: argparse.Namespace) -> Dict:
                     max_minutes=args.max_minutes, num_workers=args.workers, threads=args.threads,
                     device=args.device, logdir=args.logdir, root=args.root)
     summary = _train(cfg)
-    m = summary["metrics"]
-    if is_main_process():
-        print(f"trained {summary['iterations']} iterations in {summary['seconds']:.0f} s "
-              f"({m.get('it_per_s', float('nan')):.2f} it/s) on {summary['frames']} frames; "
-              f"last expected pose loss {m.get('loss', float('nan')):.4g}; saved {cfg.out}")
+    _print_trained(summary, cfg.out, "expected pose loss")
     return summary
 
 

@@ -355,6 +355,20 @@ def estimate_pose(coords: ArrayLike, K: ArrayLike, stride: int = 8, *, mask: Opt
     return _result(d, shape)
 
 
+def _point_correspondences(pixels: ArrayLike, points: ArrayLike, mask: Optional[ArrayLike],
+                           weights: Optional[ArrayLike]) -> Tuple[np.ndarray, np.ndarray, Optional[np.ndarray]]:
+    """Checked ``(pixels (N, 2), points (N, 3), weights (N,) or None)``: shapes, dtypes, and finite
+    values wherever a correspondence counts (mask and weights combined; weight 0 = dropped)."""
+    px = _as_float(pixels, "pixels", (None, 2))
+    n = px.shape[0]
+    pts = _as_float(points, "points", (n, 3))
+    w = _combine(_as_mask(mask, "mask", (n,)), _as_weights(weights, "weights", (n,)))
+    valid = None if w is None else w > 0
+    _check_finite(px, valid, "pixels")
+    _check_finite(pts, valid, "points")
+    return px, pts, w
+
+
 def estimate_pose_from_points(pixels: ArrayLike, points: ArrayLike, K: ArrayLike, *,
                               mask: Optional[ArrayLike] = None, weights: Optional[ArrayLike] = None,
                               **options: Any) -> PoseResult:
@@ -364,13 +378,8 @@ def estimate_pose_from_points(pixels: ArrayLike, points: ArrayLike, K: ArrayLike
     """
     opts = _options(options)
     Kv = _intrinsics(K)
-    px = _as_float(pixels, "pixels", (None, 2))
+    px, pts, w = _point_correspondences(pixels, points, mask, weights)
     n = px.shape[0]
-    pts = _as_float(points, "points", (n, 3))
-    w = _combine(_as_mask(mask, "mask", (n,)), _as_weights(weights, "weights", (n,)))
-    valid = None if w is None else w > 0
-    _check_finite(px, valid, "pixels")
-    _check_finite(pts, valid, "points")
     _count_valid(w, n, "points")
     return _result(_core.ransac(px, pts, None, w, Kv, opts.to_core()), (n,))
 
@@ -510,11 +519,7 @@ def refine_pose(pixels: ArrayLike, points: ArrayLike, K: ArrayLike, R: ArrayLike
     Returns ``(R, t, n)`` with ``n`` the inliers used by the last fit (0: nothing was fitted).
     """
     Kv = _intrinsics(K)
-    px = _as_float(pixels, "pixels", (None, 2))
-    pts = _as_float(points, "points", (px.shape[0], 3))
-    w = _as_weights(weights, "weights", (px.shape[0],))
-    _check_finite(px, None if w is None else w > 0, "pixels")
-    _check_finite(pts, None if w is None else w > 0, "points")
+    px, pts, w = _point_correspondences(pixels, points, None, weights)
     return _core.refine_pose(px, pts, None, w, Kv, _as_float(R, "R", (3, 3)), _as_float(t, "t", (3,)),
                              float(threshold), float(max_reprojection_error), int(rounds), int(lm_iterations))
 
@@ -528,11 +533,7 @@ def soft_score(pixels: ArrayLike, points: ArrayLike, K: ArrayLike, R: ArrayLike,
     ~1e-6 relative to the float64 score); the errors stay float64.
     """
     Kv = _intrinsics(K)
-    px = _as_float(pixels, "pixels", (None, 2))
-    pts = _as_float(points, "points", (px.shape[0], 3))
-    w = _as_weights(weights, "weights", (px.shape[0],))
-    _check_finite(px, None if w is None else w > 0, "pixels")
-    _check_finite(pts, None if w is None else w > 0, "points")
+    px, pts, w = _point_correspondences(pixels, points, None, weights)
     return _core.soft_score(px, pts, w, Kv, _as_float(R, "R", (3, 3)), _as_float(t, "t", (3,)),
                             float(threshold), float(max_reprojection_error), bool(float32))
 
