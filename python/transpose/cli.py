@@ -31,8 +31,10 @@ def _add_ransac_args(p: argparse.ArgumentParser) -> None:
                    help="reprojection errors are clamped to this many px (default 100)")
     g.add_argument("--adaptive", action="store_true", help="draw hypotheses until --confidence is reached")
     g.add_argument("--confidence", type=float, default=0.999)
-    g.add_argument("--uncertainty_use", choices=("none", "drop", "weight"), default="none",
-                   help="use the predicted sigma: drop the most uncertain cells, or weight cells by 1/sigma")
+    g.add_argument("--uncertainty_use", choices=("auto", "none", "drop", "weight"), default="auto",
+                   help="use the predicted sigma: drop the most uncertain cells, or weight cells by 1/sigma^2; "
+                        "auto (default): weight for cluster networks whose sigma sees the cluster confidence "
+                        "(measured to help), none otherwise")
     g.add_argument("--drop_quantile", type=float, default=0.5, help="with --uncertainty_use drop: keep cells below this sigma quantile")
 
 
@@ -238,6 +240,8 @@ def evaluate_checkpoint(args: argparse.Namespace, network: Path, out_dir: Option
 
     net, options = load_network(network, args.device)
     mode = args.mode if args.mode is not None else (2 if options.get("mode") == 2 else 1)
+    if args.uncertainty_use == "auto":
+        args = argparse.Namespace(**{**vars(args), "uncertainty_use": "weight" if options.get("sigma_confidence") else "none"})
     if args.uncertainty_use != "none" and not options.get("uncertainty"):
         raise ValueError(f"{network}: --uncertainty_use {args.uncertainty_use} needs a network trained with --uncertainty")
     dataset = SceneDataset(args.scene, args.section, mode="scr", image_height=options.get("image_height"),

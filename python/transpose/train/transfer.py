@@ -30,7 +30,7 @@ from ..models.heads import TASKS, TaskNet, TransposeNet, task_names
 from .checkpoint import load_checkpoint
 from .loop import LoopConfig, pick_device, seed_everything, train_loop
 from .scr import (KIND, InitConfig, _scheduler, build_dataset, build_network, coordinate_loss, load_network,
-                  lr_schedule_for, output_size_for)
+                  lr_schedule_for, output_size_for, parameter_groups)
 
 KIND_TASK = "task"
 TASK_CHOICES = ("coords",) + tuple(TASKS)
@@ -177,7 +177,7 @@ def train_transfer(cfg: TransferConfig) -> Dict[str, Any]:
             raise ValueError(f"{path}: is a '{opts['task']}' network, --mlr asked for '{task}'")
         tasks[task] = net_t
     net = TransposeNet(build_network(cfg, datasets), tasks, head_dim=cfg.head_dim if cfg.contrastive > 0 else 0).to(device)
-    optimizer = torch.optim.Adam([p for p in net.parameters() if p.requires_grad], lr=cfg.learningrate)
+    optimizer = torch.optim.Adam(parameter_groups(net, cfg.learningrate))
     scheduler = _scheduler(optimizer, cfg)
 
     collate = None
