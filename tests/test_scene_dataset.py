@@ -263,3 +263,41 @@ def test_clear_errors(tmp_path):
         ds[1]
     with pytest.raises(ValueError, match="mode must be one of"):
         SceneDataset(tmp_path, "train", mode="xyz")
+
+
+def test_cache_serves_the_same_items_without_reading_files_again(tmp_path, monkeypatch):
+    make_scene(tmp_path, n=3, init=True, normals=True)
+    kw = dict(augment=True, aug=AugmentParams(), image_height=48, load_depth=True, load_normals=True)
+    plain = SceneDataset(tmp_path, "train", **kw)
+    cached = SceneDataset(tmp_path, "train", cache_mb=64, **kw)
+    reads = {"n": 0}
+    original = layout.read_image
+
+    def counting_read(*args, **kwargs):
+        reads["n"] += 1
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(layout, "read_image", counting_read)
+    for epoch in range(2):
+        for i in range(3):
+            torch.manual_seed(10 * epoch + i)
+            a = plain[i]
+            torch.manual_seed(10 * epoch + i)
+            b = cached[i]
+            for key in ("image", "coords", "mask", "depth", "normals", "K", "pose"):
+                assert torch.equal(a[key], b[key]), key
+    assert reads["n"] == 2 * 3 + 3  # the plain dataset every time, the cached one once per frame
+    assert all(not arr.flags.writeable for arr in cached._cache.values())
+    assert 0 < cached._cached_bytes <= 64 * 2 ** 20
+
+
+def test_cache_stays_within_its_budget(tmp_path):
+    make_scene(tmp_path, n=3)
+    one_image = H * W  # a grey uint8 frame
+    ds = SceneDataset(tmp_path, "train", cache_mb=1.5 * one_image / 2 ** 20, load_depth=False, load_normals=False,
+                      targets="none")
+    for i in range(3):
+        ds[i]
+    assert ds._cached_bytes == one_image and len(ds._cache) == 1
+    with pytest.raises(ValueError, match="cache_mb"):
+        SceneDataset(tmp_path, "train", cache_mb=-1)

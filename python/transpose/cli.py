@@ -94,6 +94,8 @@ def train_init_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in <network>")
     p.add_argument("--max_minutes", type=float, default=None, help="stop (and save) after this wall-clock time")
     p.add_argument("--workers", type=int, default=0, help="data loader worker processes")
+    p.add_argument("--cache_mb", type=float, default=2048.0,
+                   help="keep decoded frames in memory up to this many MiB (default 2048; 0: read from disk every time)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--logdir", default=None, help="TensorBoard + CSV logs (default: <network>_log/)")
     g = p.add_argument_group("TransPose sim-to-real (--section may list several: train_sim,train_real)")
@@ -121,7 +123,7 @@ def _init_config_from_args(args: argparse.Namespace):
         norm=args.norm, clusters=args.clusters, tiny=args.tiny, image_height=args.image_height, augment=not args.no_augment,
         aug_scale=tuple(args.aug_scale), aug_rotation=args.aug_rotation, init=args.init, seed=args.seed,
         checkpoint_every=args.checkpoint_every, resume=args.resume, max_minutes=args.max_minutes,
-        num_workers=args.workers, device=args.device, logdir=args.logdir, root=args.root)
+        num_workers=args.workers, cache_mb=args.cache_mb, device=args.device, logdir=args.logdir, root=args.root)
 
 
 def run_train_init(args: argparse.Namespace) -> Dict:
@@ -180,6 +182,8 @@ def train_e2e_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in <network>")
     p.add_argument("--max_minutes", type=float, default=None, help="stop (and save) after this wall-clock time")
     p.add_argument("--workers", type=int, default=0, help="data loader worker processes")
+    p.add_argument("--cache_mb", type=float, default=2048.0,
+                   help="keep decoded frames in memory up to this many MiB (default 2048; 0: read from disk every time)")
     p.add_argument("--threads", type=int, default=0, help="RANSAC threads (default: all)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--logdir", default=None, help="TensorBoard + CSV logs (default: <network>_log/)")
@@ -195,7 +199,7 @@ def run_train_e2e(args: argparse.Namespace) -> Dict:
                     weightrot=args.weightrot, weighttrans=args.weighttrans, softclamp=args.softclamp,
                     min_probability=args.min_probability, augment=args.augment, image_height=args.image_height,
                     seed=args.seed, checkpoint_every=args.checkpoint_every, resume=args.resume,
-                    max_minutes=args.max_minutes, num_workers=args.workers, threads=args.threads,
+                    max_minutes=args.max_minutes, num_workers=args.workers, cache_mb=args.cache_mb, threads=args.threads,
                     device=args.device, logdir=args.logdir, root=args.root)
     summary = _train(cfg)
     _print_trained(summary, cfg.out, "expected pose loss")

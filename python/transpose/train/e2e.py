@@ -51,6 +51,7 @@ class E2EConfig:
     resume: bool = False
     max_minutes: Optional[float] = None
     num_workers: int = 0
+    cache_mb: float = 2048.0        # decoded frames kept in memory (see SceneDataset)
     threads: int = 0                 # RANSAC threads (0: OpenMP's default)
     device: Optional[str] = None
     logdir: Optional[str] = None
@@ -84,7 +85,7 @@ def build_dataset(cfg: E2EConfig, image_height: Optional[int]):
     aug = _augment_params(cfg.augment)
     return SceneDataset(cfg.scene, cfg.section, mode="scr", augment=aug is not None, aug=aug,
                         image_height=image_height, targets="depth" if cfg.mode == 2 else "auto", root=cfg.root,
-                        load_depth=False, load_normals=False)
+                        load_depth=False, load_normals=False, cache_mb=cfg.cache_mb)
 
 
 def camera_points(target: torch.Tensor, mask: torch.Tensor, pose: torch.Tensor) -> np.ndarray:

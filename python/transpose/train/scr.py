@@ -50,6 +50,7 @@ class InitConfig:
     resume: bool = False
     max_minutes: Optional[float] = None
     num_workers: int = 0
+    cache_mb: float = 2048.0        # decoded frames kept in memory (see SceneDataset)
     device: Optional[str] = None
     logdir: Optional[str] = None
     progress: bool = True
@@ -96,7 +97,7 @@ def build_dataset(cfg: InitConfig, section: Optional[str] = None, output_size: O
     aug = AugmentParams(scale_min=cfg.aug_scale[0], scale_max=cfg.aug_scale[1], rotation_deg=cfg.aug_rotation)
     return SceneDataset(scene_dir, section, mode="scr", augment=cfg.augment, aug=aug, image_height=cfg.image_height,
                         output_size=output_size, targets=targets, root=cfg.root, load_depth=False,
-                        load_normals=load_normals)
+                        load_normals=load_normals, cache_mb=cfg.cache_mb)
 
 
 def one_cycle(progress: float, warmup: float = 0.05, start: float = 0.04, end: float = 1e-3) -> float:
