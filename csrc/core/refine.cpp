@@ -162,7 +162,11 @@ namespace {
 // The DSAC* loop of refine_hypothesis; with `scored` non-null the test-mode variant of
 // refine_hypothesis_scored, scored[0] / scored[1] being `before` / `after`.
 int refine_loop(const Frame& f, Model model, const ScoreParams& sp, int max_rounds, int lm_iterations, Pose& pose,
-                std::vector<int>& scratch, ScoreOut* scored) {
+                std::vector<int>& scratch, ScoreOut* scored, const PackedCells* packed) {
+  auto score_collect = [&]() {
+    return packed ? soft_score_collect_packed(*packed, f.K, pose, sp, scratch.data())
+                  : soft_score_collect(f, pose, sp, scratch.data());
+  };
   scratch.resize(static_cast<size_t>(f.n));
   const int min_points = model == Model::kPnP ? 4 : 3;
   int previous = 0, fitted = 0;
@@ -170,7 +174,7 @@ int refine_loop(const Frame& f, Model model, const ScoreParams& sp, int max_roun
   for (int round = 0; round < max_rounds; ++round) {
     int count;
     if (scored) {
-      scored[1] = soft_score_collect(f, pose, sp, scratch.data());
+      scored[1] = score_collect();
       if (round == 0) scored[0] = scored[1];
       count = scored[1].inliers;
       listed = true;
@@ -190,7 +194,7 @@ int refine_loop(const Frame& f, Model model, const ScoreParams& sp, int max_roun
     listed = false;
   }
   if (scored && !listed) {
-    scored[1] = soft_score_collect(f, pose, sp, scratch.data());
+    scored[1] = score_collect();
     if (max_rounds <= 0) scored[0] = scored[1];
   }
   return fitted;
@@ -200,13 +204,14 @@ int refine_loop(const Frame& f, Model model, const ScoreParams& sp, int max_roun
 
 int refine_hypothesis(const Frame& f, Model model, const ScoreParams& sp, int max_rounds, int lm_iterations,
                       Pose& pose, std::vector<int>& scratch) {
-  return refine_loop(f, model, sp, max_rounds, lm_iterations, pose, scratch, nullptr);
+  return refine_loop(f, model, sp, max_rounds, lm_iterations, pose, scratch, nullptr, nullptr);
 }
 
 void refine_hypothesis_scored(const Frame& f, Model model, const ScoreParams& sp, int max_rounds, int lm_iterations,
-                              Pose& pose, std::vector<int>& scratch, ScoreOut& before, ScoreOut& after) {
+                              Pose& pose, std::vector<int>& scratch, ScoreOut& before, ScoreOut& after,
+                              const PackedCells* packed) {
   ScoreOut scored[2];
-  refine_loop(f, model, sp, max_rounds, lm_iterations, pose, scratch, scored);
+  refine_loop(f, model, sp, max_rounds, lm_iterations, pose, scratch, scored, packed);
   before = scored[0];
   after = scored[1];
 }
