@@ -93,3 +93,24 @@ def test_lr_schedule_follows_progress(tmp_path):
     # the step sees the rate set for the previous update: 3e-2 * (1 - i / 10)
     assert abs(opt.param_groups[0]["lr"] - 3e-2 * 0.1) < 1e-12
     assert abs(seen[5] - 3e-2 * (1 - 4 / 10)) < 1e-12
+
+
+def test_make_adam_is_fused_and_steps_like_adam():
+    from transpose.train.loop import make_adam
+
+    torch.manual_seed(0)
+    a = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 3))
+    b = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 3))
+    b.load_state_dict(a.state_dict())
+    fused = make_adam([{"params": a[0].parameters(), "lr": 1e-2}, {"params": a[2].parameters(), "lr": 1e-3}])
+    plain = torch.optim.Adam([{"params": b[0].parameters(), "lr": 1e-2}, {"params": b[2].parameters(), "lr": 1e-3}])
+    if tuple(int(v) for v in torch.__version__.split(".")[:2]) >= (2, 4):
+        assert fused.defaults.get("fused") is True
+    x = torch.randn(32, 8)
+    for _ in range(20):
+        for net, opt in ((a, fused), (b, plain)):
+            opt.zero_grad()
+            net(x).square().mean().backward()
+            opt.step()
+    for pa, pb in zip(a.parameters(), b.parameters()):
+        assert torch.allclose(pa, pb, atol=1e-6)

@@ -43,7 +43,7 @@ from ..evaluate import format_metrics, pose_metrics, spearman_correlation
 from ..losses import apr_loss, apr_pose_errors, apr_pose_matrix, build_pose_criterion
 from ..models.apr import APR_CONFIG_DIR, APR_MODELS, build_apr_model, load_apr_config
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from .loop import LoopConfig, pick_device, seed_everything, train_loop
+from .loop import LoopConfig, make_adam, pick_device, seed_everything, train_loop
 
 KIND = "apr"
 MULTI_SCENE_MODELS = ("ms-transformer", "ms-hyperpose")
@@ -328,7 +328,7 @@ def train_apr(cfg: AprTrainConfig) -> Dict[str, Any]:
     network = build_apr_model(config)
     criterion = build_pose_criterion(config)
     module = AprTrainingModule(network, criterion).to(device)
-    optimizer = torch.optim.Adam([p for p in module.parameters() if p.requires_grad], lr=lr,
+    optimizer = make_adam([p for p in module.parameters() if p.requires_grad], lr=lr,
                                  weight_decay=float(config.get("weight_decay", 0.0)),
                                  eps=float(config.get("eps", 1e-8)))
     step_epochs = config.get("lr_scheduler_step_size")

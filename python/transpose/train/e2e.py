@@ -18,7 +18,7 @@ import torch
 
 from ..data.augment import AugmentParams
 from ..ransac import dsac_loss
-from .loop import LoopConfig, pick_device, seed_everything, train_loop
+from .loop import LoopConfig, make_adam, pick_device, seed_everything, train_loop
 from .scr import KIND
 
 AUGMENT_CHOICES = ("none", "photometric", "full")
@@ -114,7 +114,7 @@ def train_e2e(cfg: E2EConfig) -> Dict[str, Any]:
     if cfg.mode == 2 and dataset.targets != "depth":
         raise ValueError(f"{dataset.section_dir}: --mode 2 needs depth/ maps")
     net.train()
-    optimizer = torch.optim.Adam(net.parameters(), lr=cfg.learningrate)
+    optimizer = make_adam(net.parameters(), lr=cfg.learningrate)
     ransac_options = dict(num_hypotheses=cfg.hypotheses, threshold=cfg.threshold, alpha=cfg.inlieralpha,
                           max_reprojection_error=cfg.maxpixelerror)
 

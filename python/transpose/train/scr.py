@@ -10,7 +10,7 @@ import torch
 
 from ..losses import InitLossConfig, cluster_loss, kmeans, scr_init_loss, uncertainty_nll
 from ..models.scr import SCRNet
-from .loop import LoopConfig, pick_device, seed_everything, train_loop
+from .loop import LoopConfig, make_adam, pick_device, seed_everything, train_loop
 
 KIND = "scr"
 #: Learning-rate factor of the sigma head: it sees detached features, so its steps move nothing
@@ -217,7 +217,7 @@ def train_init(cfg: InitConfig) -> Dict[str, Any]:
         raise ValueError(f"{dataset.section_dir}: mode {cfg.loss.mode} needs depth/ or init/ targets; "
                          f"use --mode 0 for RGB-only training")
     net = build_network(cfg, [dataset]).to(device)
-    optimizer = torch.optim.Adam(parameter_groups(net, cfg.learningrate))
+    optimizer = make_adam(parameter_groups(net, cfg.learningrate))
     scheduler = _scheduler(optimizer, cfg)
 
     def step(batch: Dict[str, Any], iteration: int) -> Dict[str, torch.Tensor]:

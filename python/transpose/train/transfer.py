@@ -28,7 +28,7 @@ from ..data.overlap import MiningConfig
 from ..losses import laplace_nll, supcon_loss
 from ..models.heads import TASKS, TaskNet, TransposeNet, task_names
 from .checkpoint import load_checkpoint
-from .loop import LoopConfig, pick_device, seed_everything, train_loop
+from .loop import LoopConfig, make_adam, pick_device, seed_everything, train_loop
 from .scr import (KIND, InitConfig, _scheduler, build_dataset, build_network, coordinate_loss, load_network,
                   lr_schedule_for, output_size_for, parameter_groups)
 
@@ -105,7 +105,7 @@ def _task_targets(task: str, batch: Dict[str, Any], device) -> Tuple[torch.Tenso
 def _train_task(cfg: TransferConfig, datasets: list, device) -> Dict[str, Any]:
     dataset = datasets[0] if len(datasets) == 1 else ConcatDataset(datasets)
     net = TaskNet(cfg.task, width=cfg.network_width(), norm=cfg.norm).to(device)
-    optimizer = torch.optim.Adam(net.parameters(), lr=cfg.learningrate)
+    optimizer = make_adam(net.parameters(), lr=cfg.learningrate)
     scheduler = _scheduler(optimizer, cfg)
 
     def step(batch: Dict[str, Any], iteration: int) -> Dict[str, torch.Tensor]:
@@ -177,7 +177,7 @@ def train_transfer(cfg: TransferConfig) -> Dict[str, Any]:
             raise ValueError(f"{path}: is a '{opts['task']}' network, --mlr asked for '{task}'")
         tasks[task] = net_t
     net = TransposeNet(build_network(cfg, datasets), tasks, head_dim=cfg.head_dim if cfg.contrastive > 0 else 0).to(device)
-    optimizer = torch.optim.Adam(parameter_groups(net, cfg.learningrate))
+    optimizer = make_adam(parameter_groups(net, cfg.learningrate))
     scheduler = _scheduler(optimizer, cfg)
 
     collate = None
