@@ -101,69 +101,26 @@ void pack_frame(const Frame& f, int subset_size, uint64_t seed, PackedFrame& out
   fill(f, idx.data(), m, origin, out.subset);
 }
 
-namespace {
-
-// A pose and the score parameters in the float32 form of the packed loops:
-// x_cam = R (X + origin) + t = R X + t', with t' in double; rows 0 and 1 pre-multiplied by fx, fy.
-struct PackedPose {
-  float a0, a1, a2, b0, a3, a4, a5, b1, r6, r7, r8, t2;
-  float min_depth, clamp_term, cut2, tau2, beta, tau;
-
-  PackedPose(const PackedCells& p, const Intrinsics& K, const Pose& pose, const ScoreParams& sp) {
-    double to[3];
-    matvec3(pose.R, p.origin, to);
-    for (int k = 0; k < 3; ++k) to[k] += pose.t[k];
-    a0 = static_cast<float>(K.fx * pose.R[0]);
-    a1 = static_cast<float>(K.fx * pose.R[1]);
-    a2 = static_cast<float>(K.fx * pose.R[2]);
-    b0 = static_cast<float>(K.fx * to[0]);
-    a3 = static_cast<float>(K.fy * pose.R[3]);
-    a4 = static_cast<float>(K.fy * pose.R[4]);
-    a5 = static_cast<float>(K.fy * pose.R[5]);
-    b1 = static_cast<float>(K.fy * to[1]);
-    r6 = static_cast<float>(pose.R[6]);
-    r7 = static_cast<float>(pose.R[7]);
-    r8 = static_cast<float>(pose.R[8]);
-    t2 = static_cast<float>(to[2]);
-    min_depth = static_cast<float>(kMinDepth);
-    const double cut_d = std::min(sp.cut, sp.max_err);
-    // Errors clamped at max_err still contribute when max_err < cut (as in soft_score).
-    clamp_term =
-        sp.max_err < sp.cut ? static_cast<float>(1.0 / (1.0 + std::exp(sp.beta * (sp.max_err - sp.tau)))) : 0.0f;
-    cut2 = static_cast<float>(cut_d * cut_d);
-    tau2 = static_cast<float>(sp.tau * sp.tau);
-    beta = static_cast<float>(sp.beta);
-    tau = static_cast<float>(sp.tau);
-  }
-
-  // Squared reprojection error of packed cell i. Behind the camera it is pushed beyond every
-  // threshold by adding, not selecting, so that the compiler keeps the loads unconditional (a
-  // select becomes slow masked loads).
-  inline float squared_error(const float* __restrict X, const float* __restrict Y, const float* __restrict Z,
-                             const float* __restrict U, const float* __restrict V, int i) const {
-    const float xs = a0 * X[i] + a1 * Y[i] + a2 * Z[i] + b0;
-    const float ys = a3 * X[i] + a4 * Y[i] + a5 * Z[i] + b1;
-    const float zc = r6 * X[i] + r7 * Y[i] + r8 * Z[i] + t2;
-    const float iz = 1.0f / (zc < min_depth ? min_depth : zc);
-    const float du = xs * iz - U[i];
-    const float dv = ys * iz - V[i];
-    return du * du + dv * dv + (zc < min_depth ? 1e30f : 0.0f);
-  }
-
-  // The soft-inlier term of a cell with squared error e2 and weight w.
-  inline float soft_term(float e2, float w) const {
-    const float e = e2 < cut2 ? e2 : cut2;
-    const float soft = w / (1.0f + exp_f32(beta * (std::sqrt(e) - tau)));
-    return e2 < cut2 ? soft : w * clamp_term;
-  }
-};
-
-}  // namespace
-
 TRANSPOSE_HOT
 ScoreOut soft_score_packed(const PackedCells& p, const Intrinsics& K, const Pose& pose, const ScoreParams& sp,
                            int begin, int end, double stop_below) {
-  const PackedPose q(p, K, pose, sp);
+  // x_cam = R (X + origin) + t = R X + t', with t' in double; rows 0 and 1 pre-multiplied by fx, fy.
+  double to[3];
+  matvec3(pose.R, p.origin, to);
+  for (int k = 0; k < 3; ++k) to[k] += pose.t[k];
+  const float a0 = static_cast<float>(K.fx * pose.R[0]), a1 = static_cast<float>(K.fx * pose.R[1]),
+              a2 = static_cast<float>(K.fx * pose.R[2]), b0 = static_cast<float>(K.fx * to[0]);
+  const float a3 = static_cast<float>(K.fy * pose.R[3]), a4 = static_cast<float>(K.fy * pose.R[4]),
+              a5 = static_cast<float>(K.fy * pose.R[5]), b1 = static_cast<float>(K.fy * to[1]);
+  const float r6 = static_cast<float>(pose.R[6]), r7 = static_cast<float>(pose.R[7]),
+              r8 = static_cast<float>(pose.R[8]), t2 = static_cast<float>(to[2]);
+  const float min_depth = static_cast<float>(kMinDepth);
+  const double cut_d = std::min(sp.cut, sp.max_err);
+  // Errors clamped at max_err still contribute when max_err < cut (as in soft_score).
+  const float clamp_term =
+      sp.max_err < sp.cut ? static_cast<float>(1.0 / (1.0 + std::exp(sp.beta * (sp.max_err - sp.tau)))) : 0.0f;
+  const float cut2 = static_cast<float>(cut_d * cut_d), tau2 = static_cast<float>(sp.tau * sp.tau);
+  const float beta = static_cast<float>(sp.beta), tau = static_cast<float>(sp.tau);
   const float* __restrict X = p.X.data();
   const float* __restrict Y = p.Y.data();
   const float* __restrict Z = p.Z.data();
@@ -186,9 +143,19 @@ ScoreOut soft_score_packed(const PackedCells& p, const Intrinsics& K, const Pose
     int c = 0;
 #pragma omp simd reduction(+ : s, c, wb)
     for (int i = b; i < e; ++i) {
-      const float e2 = q.squared_error(X, Y, Z, U, V, i);
-      s += q.soft_term(e2, w[i]);
-      c += e2 < q.tau2 ? 1 : 0;
+      const float xs = a0 * X[i] + a1 * Y[i] + a2 * Z[i] + b0;
+      const float ys = a3 * X[i] + a4 * Y[i] + a5 * Z[i] + b1;
+      const float zc = r6 * X[i] + r7 * Y[i] + r8 * Z[i] + t2;
+      const float iz = 1.0f / (zc < min_depth ? min_depth : zc);
+      const float du = xs * iz - U[i];
+      const float dv = ys * iz - V[i];
+      // Behind the camera: pushed beyond every threshold by adding, not selecting, so that the
+      // compiler keeps the loads unconditional (a select becomes slow masked loads).
+      const float e2 = du * du + dv * dv + (zc < min_depth ? 1e30f : 0.0f);
+      const float e = e2 < cut2 ? e2 : cut2;
+      const float soft = w[i] / (1.0f + exp_f32(beta * (std::sqrt(e) - tau)));
+      s += e2 < cut2 ? soft : w[i] * clamp_term;
+      c += e2 < tau2 ? 1 : 0;
       wb += w[i];
     }
     score += s;
@@ -204,35 +171,6 @@ ScoreOut soft_score_packed(const PackedCells& p, const Intrinsics& K, const Pose
   out.score = score;
   out.inliers = inliers;
   return out;
-}
-
-TRANSPOSE_HOT
-ScoreOut soft_score_collect_packed(const PackedCells& p, const Intrinsics& K, const Pose& pose, const ScoreParams& sp,
-                                   int* out) {
-  const PackedPose q(p, K, pose, sp);
-  const float* __restrict X = p.X.data();
-  const float* __restrict Y = p.Y.data();
-  const float* __restrict Z = p.Z.data();
-  const float* __restrict U = p.u.data();
-  const float* __restrict V = p.v.data();
-  const float* __restrict w = p.w.data();
-  alignas(32) float e2[kBlock];
-  ScoreOut result;
-  for (int b = 0; b < p.n; b += kBlock) {
-    const int e = std::min(p.n, b + kBlock);
-    float s = 0.0f;
-    // errors kept for the inlier list below (a compaction does not vectorise; this loop does)
-#pragma omp simd reduction(+ : s)
-    for (int i = b; i < e; ++i) {
-      const float q2 = q.squared_error(X, Y, Z, U, V, i);
-      e2[i - b] = q2;
-      s += q.soft_term(q2, w[i]);
-    }
-    result.score += s;
-    for (int k = 0; k < e - b; ++k)
-      if (e2[k] < q.tau2) out[result.inliers++] = b + k;
-  }
-  return result;
 }
 
 }  // namespace transpose

@@ -8,7 +8,7 @@
 // which keeps float32 accurate for scenes far from the world origin.
 //
 // Accuracy: scores agree with soft_score() to ~1e-6 relative (float32 terms, summed in float32
-// per block of 256 and in double across blocks); training and exact_scoring stay float64.
+// per block of 256 and in double across blocks); training and every reported score stay float64.
 #pragma once
 
 #include <cstdint>
@@ -43,11 +43,5 @@ void pack_frame(const Frame& f, int subset_size, uint64_t seed, PackedFrame& out
 // pass -infinity to score every cell of the range.
 ScoreOut soft_score_packed(const PackedCells& c, const Intrinsics& K, const Pose& pose, const ScoreParams& sp,
                            int begin, int end, double stop_below);
-
-// Soft score of `pose` over every packed cell, and the inliers (error < tau): their positions in
-// `c` (frame order for PackedFrame::all) written to out[0..inliers). The float32 twin of
-// soft_score_collect, for test-mode refinement.
-ScoreOut soft_score_collect_packed(const PackedCells& c, const Intrinsics& K, const Pose& pose, const ScoreParams& sp,
-                                   int* out);
 
 }  // namespace transpose

@@ -96,11 +96,9 @@ double needed_samples(double ratio, double confidence) {
 }
 
 // Refine the winner; report its pose, soft score and inliers. The test-mode float32 paths leave
-// r.selected_score to this function: the winner's full score comes with its first inlier pass,
-// which (like every refinement round) runs over `packed` in float32 when it is given (terms in
-// float32, sums in double across blocks of 256 cells: ~1e-6 relative to the float64 score).
+// r.selected_score to this function: the winner's float64 score comes with its first inlier pass.
 void finish(const Frame& f, Model model, const RansacOptions& o, const ScoreParams& sp, Pose pose,
-            RansacResult& r, const PackedCells* packed = nullptr) {
+            RansacResult& r) {
   std::vector<int> scratch;
   int count;
   if (o.training || o.exact_scoring) {
@@ -111,7 +109,7 @@ void finish(const Frame& f, Model model, const RansacOptions& o, const ScorePara
   } else {
     ScoreOut before, after;
     refine_hypothesis_scored(f, model, sp, o.refine ? o.refine_rounds : 0, o.lm_iterations, pose, scratch, before,
-                             after, packed);
+                             after);
     r.selected_score = before.score;
     r.score = after.score;
     count = after.inliers;
@@ -264,7 +262,7 @@ void ransac_fixed(const Frame& f, Model model, const RansacOptions& o, const Sco
     o2.refine = false;  // already refined above
     finish(f, model, o2, sp, r.refined[static_cast<size_t>(chosen)], r);
   } else {
-    finish(f, model, o, sp, hyps[static_cast<size_t>(chosen)].pose, r, exact ? nullptr : &pk.all);
+    finish(f, model, o, sp, hyps[static_cast<size_t>(chosen)].pose, r);
   }
 }
 
@@ -320,7 +318,7 @@ void ransac_adaptive(const Frame& f, Model model, const RansacOptions& o, const 
   }
   r.selected = selected;
   r.selected_score = best_h.score;  // float32 path: replaced in finish()
-  finish(f, model, o, sp, best_h.pose, r, o.exact_scoring ? nullptr : &pk.all);
+  finish(f, model, o, sp, best_h.pose, r);
 }
 
 }  // namespace

@@ -31,10 +31,9 @@ struct RansacOptions {
   bool early_exit = true;          // stop scoring hypotheses that cannot beat the best (test mode)
   // Test mode scores hypotheses in float32 (fast_score.h), and the fixed count preemptively: every
   // hypothesis on `preemptive_cells` random cells (0: all cells), the best `preemptive_keep` on 4x
-  // as many, the best half of those on all cells; the argmax of those full scores wins. The
-  // refinement's inlier passes and the reported scores use float32 terms too (~1e-6 relative).
-  // exact_scoring: float64 on every cell and LM to confirmed convergence, the behaviour before the
-  // float32 path (and always that of training, where all scores are used).
+  // as many, the best half of those on all cells; the argmax of those full scores wins. Reported
+  // scores stay float64. exact_scoring: float64 on every cell and LM to confirmed convergence, the
+  // behaviour before the float32 path (and always that of training, where all scores are used).
   bool exact_scoring = false;
   int preemptive_cells = 256;
   int preemptive_keep = 8;

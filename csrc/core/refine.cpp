@@ -162,11 +162,7 @@ namespace {
 // The DSAC* loop of refine_hypothesis; with `scored` non-null the test-mode variant of
 // refine_hypothesis_scored, scored[0] / scored[1] being `before` / `after`.
 int refine_loop(const Frame& f, Model model, const ScoreParams& sp, int max_rounds, int lm_iterations, Pose& pose,
-                std::vector<int>& scratch, ScoreOut* scored, const PackedCells* packed) {
-  auto score_collect = [&]() {
-    return packed ? soft_score_collect_packed(*packed, f.K, pose, sp, scratch.data())
-                  : soft_score_collect(f, pose, sp, scratch.data());
-  };
+                std::vector<int>& scratch, ScoreOut* scored) {
   scratch.resize(static_cast<size_t>(f.n));
   const int min_points = model == Model::kPnP ? 4 : 3;
   int previous = 0, fitted = 0;
@@ -174,7 +170,7 @@ int refine_loop(const Frame& f, Model model, const ScoreParams& sp, int max_roun
   for (int round = 0; round < max_rounds; ++round) {
     int count;
     if (scored) {
-      scored[1] = score_collect();
+      scored[1] = soft_score_collect(f, pose, sp, scratch.data());
       if (round == 0) scored[0] = scored[1];
       count = scored[1].inliers;
       listed = true;
@@ -194,7 +190,7 @@ int refine_loop(const Frame& f, Model model, const ScoreParams& sp, int max_roun
     listed = false;
   }
   if (scored && !listed) {
-    scored[1] = score_collect();
+    scored[1] = soft_score_collect(f, pose, sp, scratch.data());
     if (max_rounds <= 0) scored[0] = scored[1];
   }
   return fitted;
@@ -204,14 +200,13 @@ int refine_loop(const Frame& f, Model model, const ScoreParams& sp, int max_roun
 
 int refine_hypothesis(const Frame& f, Model model, const ScoreParams& sp, int max_rounds, int lm_iterations,
                       Pose& pose, std::vector<int>& scratch) {
-  return refine_loop(f, model, sp, max_rounds, lm_iterations, pose, scratch, nullptr, nullptr);
+  return refine_loop(f, model, sp, max_rounds, lm_iterations, pose, scratch, nullptr);
 }
 
 void refine_hypothesis_scored(const Frame& f, Model model, const ScoreParams& sp, int max_rounds, int lm_iterations,
-                              Pose& pose, std::vector<int>& scratch, ScoreOut& before, ScoreOut& after,
-                              const PackedCells* packed) {
+                              Pose& pose, std::vector<int>& scratch, ScoreOut& before, ScoreOut& after) {
   ScoreOut scored[2];
-  refine_loop(f, model, sp, max_rounds, lm_iterations, pose, scratch, scored, packed);
+  refine_loop(f, model, sp, max_rounds, lm_iterations, pose, scratch, scored);
   before = scored[0];
   after = scored[1];
 }

@@ -6,7 +6,6 @@
 #include <vector>
 
 #include "camera.h"
-#include "fast_score.h"
 #include "frame.h"
 #include "scoring.h"
 
@@ -30,12 +29,10 @@ int refine_hypothesis(const Frame& f, Model model, const ScoreParams& sp, int ma
                       Pose& pose, std::vector<int>& scratch);
 
 // The same for test mode, which reports scores and inliers: LM with predict_stop, and inliers are
-// collected together with the soft score (soft_score_collect, or its float32 twin over `packed`,
-// the frame's PackedFrame::all, when given). On return `before` holds the soft score and inlier
-// count of the given pose, `after` those of the returned pose, whose inliers are listed in
-// scratch[0..after.inliers). With max_rounds = 0 the pose is only scored.
+// collected together with the soft score (soft_score_collect). On return `before` holds the soft
+// score and inlier count of the given pose, `after` those of the returned pose, whose inliers are
+// listed in scratch[0..after.inliers). With max_rounds = 0 the pose is only scored.
 void refine_hypothesis_scored(const Frame& f, Model model, const ScoreParams& sp, int max_rounds, int lm_iterations,
-                              Pose& pose, std::vector<int>& scratch, ScoreOut& before, ScoreOut& after,
-                              const PackedCells* packed = nullptr);
+                              Pose& pose, std::vector<int>& scratch, ScoreOut& before, ScoreOut& after);
 
 }  // namespace transpose

@@ -9,8 +9,7 @@ Pose estimation from 2D-3D correspondences in the DSAC* style:
 - test mode picks the argmax and refines it; hypotheses are ranked in float32 (8 SIMD lanes on
   AVX2), first on a random subset of the cells, and only the best few are scored on every cell
   (``preemptive_cells``, ``preemptive_keep``); ``exact_scoring=True`` scores every hypothesis on
-  every cell in float64 instead. The refinement's inlier passes and the reported scores follow
-  the same choice (float32 terms summed in double: ~1e-6 relative; float64 with ``exact_scoring``);
+  every cell in float64 instead. Reported scores are float64 either way;
 - training mode scores every hypothesis (float64), draws the winner from ``softmax(logits)`` and
   returns all hypotheses (for the expected-pose loss of end-to-end training);
 - adaptive mode keeps drawing 4-cell samples until an all-inlier sample was drawn with probability
@@ -118,9 +117,7 @@ class PoseResult:
         pose: ``(4, 4)`` camera-to-world matrix (the convention of pose files).
         inliers: bool mask of correspondences with error < threshold under the final pose, shaped
             like the input cells: ``(H, W)`` for coordinate maps, ``(N,)`` for explicit points.
-        score: soft inlier score of the final pose (sum of weights times ``1 - sigmoid``); in test
-            mode from float32 terms (within ~1e-6 relative), float64 with ``exact_scoring=True`` or
-            ``training=True``.
+        score: soft inlier score of the final pose (sum of weights times ``1 - sigmoid``).
         num_inliers: number of inliers.
         num_hypotheses: hypotheses that passed the 4th-cell check and were scored.
         num_samples: minimal samples drawn.
