@@ -1,4 +1,6 @@
 """The SCR branch end to end on a tiny rendered scene: train_init, test, result files, figures, errors, resume."""
+import contextlib
+import io
 import json
 import shutil
 
@@ -50,11 +52,21 @@ def test_training_reduces_loss_and_logs(trained):
     assert np.isfinite(log["nll"]).all()
 
 
-def test_localizes_its_training_frames(scene, trained, capsys):
+@pytest.fixture(scope="module")
+def localized(scene, trained):
+    """``(output folder, printed text)`` of test.py on the trained network (once per worker process:
+    the tests that read it may run in different processes)."""
     out = scene / "pair_out"
-    code = cli._run("test", [str(scene / "pair"), str(trained), "--section", "test", "--save_map", "--out", str(out)])
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        code = cli._run("test", [str(scene / "pair"), str(trained), "--section", "test", "--save_map",
+                                 "--out", str(out)])
     assert code == 0
-    printed = capsys.readouterr().out
+    return out, printed.getvalue()
+
+
+def test_localizes_its_training_frames(scene, localized):
+    out, printed = localized
     assert "within 5cm / 5deg" in printed
     poses = read_pose_file(out / "poses.txt")
     assert sorted(poses) == sorted(FRAMES)
@@ -70,10 +82,8 @@ def test_localizes_its_training_frames(scene, trained, capsys):
     assert (maps["sigma"] > 0).all() and np.nanmedian(maps["coord_error"]) < 0.1
 
 
-def test_visualize_writes_figures(scene, trained):
-    out = scene / "pair_out"
-    if not (out / "results.json").exists():
-        pytest.skip("needs test_localizes_its_training_frames")
+def test_visualize_writes_figures(localized):
+    out, _ = localized
     code = cli._run("visualize", [str(out), "--keywords", "uncertainty,results,loss,coords,trajectory"])
     assert code == 0
     names = {p.name for p in (out / "figures").glob("*.png")}
