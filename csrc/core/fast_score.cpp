@@ -5,6 +5,7 @@
 #include <cstring>
 #include <numeric>
 
+#include "exp_bounded.h"
 #include "math3.h"
 #include "rng.h"
 #include "simd.h"
@@ -17,31 +18,6 @@ constexpr int kBlock = 256;  // cells summed in float32 before the running sum (
 // Early exit gives up on a hypothesis only when it misses the bound by more than float32 rounding
 // of the sums could explain (~1e-6 relative), so it never drops the float32 argmax.
 constexpr double kExitMargin = 1e-5;
-
-// exp(x) in float32 for |x| < 87 without branches, so loops calling it vectorise (8 lanes with
-// AVX2): exp(x) = 2^n e^r with n = round(x / ln 2); r = x - n ln 2 (two-part ln 2, exact for our
-// n), |r| <= ln(2) / 2; e^r from a degree-6 Taylor polynomial. Relative error < 3e-7.
-inline float exp_f32(float x) {
-  const float shift = 12582912.0f;  // 1.5 * 2^23: adding it rounds to an integer
-  const float t = x * 1.44269504f + shift;
-  const float n = t - shift;
-  const float r = (x - n * 0.693145751953125f) - n * 1.42860677e-6f;
-  float p = 1.0f / 720.0f;
-  p = p * r + 1.0f / 120.0f;
-  p = p * r + 1.0f / 24.0f;
-  p = p * r + 1.0f / 6.0f;
-  p = p * r + 0.5f;
-  p = p * r + 1.0f;
-  p = p * r + 1.0f;
-  int32_t tb, pb, sb;
-  std::memcpy(&tb, &t, sizeof tb);
-  std::memcpy(&pb, &p, sizeof pb);
-  std::memcpy(&sb, &shift, sizeof sb);
-  pb += (tb - sb) * (int32_t(1) << 23);  // multiply p by 2^n through the exponent field
-  float out;
-  std::memcpy(&out, &pb, sizeof out);
-  return out;
-}
 
 // Copy the valid correspondences idx[0..n) of `f` into `c`, scene points relative to `origin`.
 void fill(const Frame& f, const int* idx, int n, const double* origin, PackedCells& c) {
