@@ -109,6 +109,25 @@ def test_sigma_confidence_starts_at_the_head_and_old_checkpoints_load():
         raise AssertionError("sigma_confidence without clusters must raise")
 
 
+def test_init_from_an_older_cluster_network_adds_the_confidence_term_at_zero(tmp_path):
+    from transpose.train.checkpoint import save_checkpoint
+    from transpose.train.scr import KIND, InitConfig, build_network
+
+    torch.manual_seed(0)
+    old = SCRNet(width=0.25, num_clusters=8, uncertainty=True, sigma_confidence=False)
+    options = {k: v for k, v in old.options().items() if k != "sigma_confidence"}  # as saved before the term
+    save_checkpoint(tmp_path / "old.net", kind=KIND, model=old, options=options, iteration=100)
+    net = build_network(InitConfig(scene="unused", out=str(tmp_path / "new.net"), init=str(tmp_path / "old.net")), [])
+    assert net.sigma_confidence is not None and net.options()["sigma_confidence"] is True
+    assert not net.sigma_confidence.weight.detach().any()
+    image = torch.randn(1, 1, 32, 32)
+    old.eval(), net.eval()
+    for a, b in zip(old(image), net(image)):
+        assert torch.equal(a, b)  # the same network until training moves the term
+    assert not net.add_sigma_confidence()  # once only
+    assert not SCRNet(width=0.25, num_clusters=8, uncertainty=False).add_sigma_confidence()
+
+
 def _last_confidence(net):
     from transpose.models.scr import cluster_confidence
 

@@ -30,6 +30,14 @@ LOG_SIGMA_RANGE = (-6.0, 3.0)
 NORMS = ("group", "none")
 
 
+def _zero_conv(cin: int, cout: int) -> nn.Conv2d:
+    """A 1x1 convolution that starts at zero: a term added to an output leaves it unchanged until trained."""
+    conv = nn.Conv2d(cin, cout, 1)
+    nn.init.zeros_(conv.weight)
+    nn.init.zeros_(conv.bias)
+    return conv
+
+
 def _conv(cin: int, cout: int, k: int, stride: int = 1, norm: str = "none") -> nn.Module:
     """A convolution, followed by GroupNorm when ``norm == 'group'``.
 
@@ -118,12 +126,7 @@ class SCRNet(nn.Module):
             sigma_confidence = bool(self.num_clusters and uncertainty)
         if sigma_confidence and not (self.num_clusters and uncertainty):
             raise ValueError("sigma_confidence needs num_clusters > 0 and uncertainty=True")
-        # zero start: sigma begins as the head's alone and the NLL learns how much the cluster
-        # distribution's confidence adds
-        self.sigma_confidence = nn.Conv2d(2, 1, 1) if sigma_confidence else None
-        if self.sigma_confidence is not None:
-            nn.init.zeros_(self.sigma_confidence.weight)
-            nn.init.zeros_(self.sigma_confidence.bias)
+        self.sigma_confidence = _zero_conv(2, 1) if sigma_confidence else None
         self.feature_channels = c[3]
         self.in_channels = in_channels
         center = torch.zeros(3) if scene_center is None else torch.as_tensor(scene_center, dtype=torch.float32)
@@ -165,6 +168,15 @@ class SCRNet(nn.Module):
         if image.dim() != 4:
             raise ValueError(f"SCRNet expects images (B, C, H, W), got shape {tuple(image.shape)}")
         return self.decode(self.encode(image))
+
+    def add_sigma_confidence(self) -> bool:
+        """Give a cluster network with uncertainty that lacks it (saved before it existed) the
+        sigma_confidence term, at zero so that every output stays as it was until training moves
+        it; returns whether it was added."""
+        if self.sigma_confidence is not None or not (self.num_clusters and self.uncertainty):
+            return False
+        self.sigma_confidence = _zero_conv(2, 1).to(self.fc3.weight.device)
+        return True
 
     def options(self) -> dict:
         """Everything needed to rebuild this network (stored in checkpoints)."""

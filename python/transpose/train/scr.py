@@ -169,6 +169,9 @@ def build_network(cfg: InitConfig, datasets: list) -> SCRNet:
     if clusters and (cfg.loss.mode == 0 or any(d.targets == "none" for d in datasets)):
         raise ValueError("--clusters needs coordinate targets (depth or init/); it does not work with --mode 0")
     if cfg.init:
+        # an older cluster network with uncertainty (saved before sigma_confidence) gains the term at
+        # zero: the same outputs at the start, and the NLL learns it as for a new network
+        net.add_sigma_confidence()
         return net
     poses = torch.cat([torch.as_tensor(d.poses) for d in datasets])
     net = SCRNet(scene_center=poses[:, :3, 3].mean(dim=0), width=cfg.network_width(), uncertainty=cfg.uncertainty,
