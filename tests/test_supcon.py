@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from transpose.losses import laplace_nll, supcon_loss
+from transpose.losses import cell_contrastive_loss, laplace_nll, supcon_loss
 
 
 def hand_supcon(z, labels, t):
@@ -96,3 +96,65 @@ def test_laplace_nll_hand_value():
     mask = torch.tensor([[[True, True], [False, True]]])
     expected = ((1.0 + math.log(0.5)) + (0.5 + math.log(2.0)) + 0.0) / 3
     assert laplace_nll(err, b, mask).item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_ignore_mask_leaves_pairs_out_of_positives_and_denominator():
+    z = torch.tensor(Z, dtype=torch.float64)
+    labels = torch.tensor([0, 0, 0, 1])
+    ignore = torch.zeros(4, 4, dtype=torch.bool)
+    ignore[0, 2] = True  # anchor 0 neither counts 2 as a positive nor sees it in its denominator
+    got = supcon_loss(z, labels, temperature=0.2, ignore_mask=ignore)
+    dot = lambda i, j: sum(Z[i][k] * Z[j][k] for k in range(3)) / 0.2  # noqa: E731
+    row0 = -(dot(0, 1) - math.log(math.exp(dot(0, 1)) + math.exp(dot(0, 3))))
+    rest = _hand_row(1, [0, 2], [0, 2, 3], dot) + _hand_row(2, [0, 1], [0, 1, 3], dot)
+    assert got.item() == pytest.approx((row0 + rest) / 3, rel=1e-10)
+    with pytest.raises(ValueError, match="ignore_mask"):
+        supcon_loss(z, labels, ignore_mask=torch.zeros(3, 3, dtype=torch.bool))
+
+
+def _hand_row(i, positives, others, dot):
+    denom = math.log(sum(math.exp(dot(i, a)) for a in others))
+    return -sum(dot(i, p) - denom for p in positives) / len(positives)
+
+
+def _cells(values):
+    """(B, D or 3, h=1, w) from a nested list [frame][cell] of vectors."""
+    return torch.tensor(values, dtype=torch.float64).permute(0, 2, 1)[:, :, None, :]
+
+
+def test_cell_contrastive_loss_matches_hand_computation():
+    # two frames of three cells (cell k of frame b is index 3 b + k). Cells 0 and 2 of frame 0 are
+    # 1 cm apart, but pairs inside a frame never count; each is ~2 cm from cell 0 of frame 1
+    # (positives at radius 5 cm) and ~7 cm from cell 2 of frame 1 (between 5 and 10 cm: left out
+    # of both positives and denominator); everything else is far apart (negatives).
+    points = _cells([[[0.0, 0.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.01, 0.0]],
+                     [[0.02, 0.0, 0.0], [3.0, 0.0, 0.0], [0.07, 0.0, 0.0]]])
+    emb = [[unit([1.0, 0.1, 0.0]), unit([0.0, 1.0, 0.2]), unit([0.3, 0.3, 1.0])],
+           [unit([0.9, 0.2, 0.1]), unit([-1.0, 0.2, 0.0]), unit([0.1, 1.0, 0.0])]]
+    valid = torch.ones(2, 1, 3, dtype=torch.bool)
+    got = cell_contrastive_loss(_cells(emb), points, valid, radius=0.05, negative_radius=0.1, temperature=0.5)
+    flat = emb[0] + emb[1]
+    dot = lambda i, j: sum(flat[i][k] * flat[j][k] for k in range(3)) / 0.5  # noqa: E731
+    rows = [_hand_row(0, [3], [3, 4], dot), _hand_row(2, [3], [3, 4], dot), _hand_row(3, [0, 2], [0, 1, 2], dot)]
+    assert got.item() == pytest.approx(sum(rows) / 3, rel=1e-10)
+    # an invalid cell takes no part: dropping cell 0 of frame 1 leaves no positive pair at all
+    valid[1, 0, 0] = False
+    zero = cell_contrastive_loss(_cells(emb).requires_grad_(), points, valid, radius=0.05)
+    assert zero.item() == 0.0 and zero.requires_grad
+
+
+def test_cell_contrastive_loss_subsamples_and_rejects_bad_input():
+    torch.manual_seed(0)
+    emb = torch.nn.functional.normalize(torch.randn(3, 8, 4, 5), dim=1)
+    points = torch.rand(3, 3, 4, 5)
+    valid = torch.ones(3, 4, 5, dtype=torch.bool)
+    full = cell_contrastive_loss(emb, points, valid, radius=0.3)
+    g = torch.Generator().manual_seed(1)
+    sub = cell_contrastive_loss(emb, points, valid, radius=0.3, max_cells=20, generator=g)
+    assert torch.isfinite(full) and torch.isfinite(sub) and full.item() != sub.item()
+    with pytest.raises(ValueError, match="radius"):
+        cell_contrastive_loss(emb, points, valid, radius=0.0)
+    with pytest.raises(ValueError, match="negative_radius"):
+        cell_contrastive_loss(emb, points, valid, radius=0.3, negative_radius=0.1)
+    with pytest.raises(ValueError, match="cell for cell"):
+        cell_contrastive_loss(emb, points[:, :, :3], valid, radius=0.3)

@@ -58,7 +58,8 @@ def test_mlr_fusion_starts_as_identity_and_keeps_tasks_frozen():
 def test_transpose_net_rebuilds_from_options():
     torch.manual_seed(1)
     net = TransposeNet(SCRNet(scene_center=[1.0, 2.0, 3.0], width=0.25, uncertainty=True),
-                       {"normal": TaskNet("normal", width=0.25), "depth": TaskNet("depth", width=0.25)}, head_dim=16)
+                       {"normal": TaskNet("normal", width=0.25), "depth": TaskNet("depth", width=0.25)}, head_dim=16,
+                       dense_dim=8)
     with torch.no_grad():
         net.fusion.conv2.weight.normal_()  # a fusion that is not the identity
     copy = TransposeNet.from_options(net.options())
@@ -66,6 +67,7 @@ def test_transpose_net_rebuilds_from_options():
     image = torch.randn(1, 1, 32, 40)
     net.eval(), copy.eval()
     assert torch.allclose(net(image)[0], copy(image)[0])
+    assert torch.allclose(net.embed_cells(net.encode(image)), copy.embed_cells(copy.encode(image)))
     assert list(copy.tasks) == ["normal", "depth"]
     assert task_names("depth,normal") == ["depth", "normal"]
     with pytest.raises(ValueError, match="--mlr"):
@@ -148,6 +150,24 @@ def test_nce_training_end_to_end_through_the_cli(scene, tmp_path, capsys):
     # bad flags end with one clear line
     assert cli._run("train_init", _train_args(scene, tmp_path / "x.net", "--mlr", "depth,semantics")) == 2
     assert cli._run("train_init", _train_args(scene, tmp_path / "x.net", "--mlr", "depth")) == 2  # no depth.net yet
+
+
+def test_dense_contrastive_training_through_the_cli(scene, tmp_path):
+    net_path = tmp_path / "dense.net"
+    code = cli._run("train_init", _train_args(scene, net_path, "--section", "train_sim,train_real",
+                                              "--dense_contrastive", "0.5", "--dense_radius", "0.2",
+                                              "--iterations", "6", "--uncertainty"))
+    assert code == 0
+    log = read_csv_log(tmp_path / "dense_log" / "log.csv")
+    assert np.isfinite(log["supcon_cells"]).all() and min(log["supcon_cells"]) > 0 and "supcon" not in log
+    net, options = load_network(net_path)
+    assert net.dense_head is not None and net.head is None
+    assert options["train_init"]["dense_contrastive"] == 0.5 and options["train_init"]["dense_radius"] == 0.2
+    emb = net.embed_cells(net.encode(torch.zeros(1, 1, 48, 64)))
+    assert emb.shape == (1, options["transpose"]["dense_head"]["out_dim"], 6, 8)
+    np.testing.assert_allclose(emb.norm(dim=1).detach().numpy(), 1.0, atol=1e-5)
+    assert cli._run("train_init", _train_args(scene, tmp_path / "x.net", "--section", "train_sim,train_real",
+                                              "--dense_contrastive", "-1")) == 2
 
 
 def test_depth_task_learns_and_mlr_trains_on_top_of_it(scene, tmp_path):

@@ -79,7 +79,8 @@ def train_init_parser() -> argparse.ArgumentParser:
                    "from scratch much faster); 0: direct regression as DSAC* (default)")
     p.add_argument("--init", default=None, metavar="CHECKPOINT",
                    help="start from this coordinate network's weights (fine-tuning: its width, head and scene "
-                   "centre are kept; --width / --clusters / --norm / --uncertainty are then ignored)")
+                   "centre are kept; --width / --clusters / --norm / --uncertainty are then ignored; a cluster "
+                   "network with uncertainty saved before sigma_confidence gains that term, starting at zero)")
     p.add_argument("--norm", choices=("group", "none"), default="group",
                    help="GroupNorm after each convolution (default; converges ~10x faster) or none (DSAC*'s layers)")
     p.add_argument("--image_height", type=_positive(int, "--image_height"), default=None,
@@ -102,6 +103,11 @@ def train_init_parser() -> argparse.ArgumentParser:
     g.add_argument("--contrastive", type=float, default=0.0, metavar="WEIGHT",
                    help="weight of the supervised contrastive loss on mined sim/real pairs (0: off)")
     g.add_argument("--temperature", type=_positive(float, "--temperature"), default=0.07, help="SupCon temperature")
+    g.add_argument("--dense_contrastive", type=float, default=0.0, metavar="WEIGHT",
+                   help="weight of the per-cell contrastive term: cells of mined sim/real frames that see the same "
+                   "scene point (within --dense_radius) are pulled together (0: off)")
+    g.add_argument("--dense_radius", type=_positive(float, "--dense_radius"), default=0.05, metavar="METRES",
+                   help="cells whose target points are closer than this are positives (default 0.05)")
     g.add_argument("--task", choices=("coords", "depth", "normal"), default="coords",
                    help="what to regress: scene coordinates, or a depth / normal network for --mlr")
     g.add_argument("--mlr", default=None, help="fuse frozen task networks, e.g. depth,normal")
@@ -129,7 +135,7 @@ def _init_config_from_args(args: argparse.Namespace):
 def run_train_init(args: argparse.Namespace) -> Dict:
     from .train import scr, transfer
 
-    if transfer.uses_transfer(args):  # several sections, --contrastive, --task or --mlr
+    if transfer.uses_transfer(args):  # several sections, --contrastive, --dense_contrastive, --task or --mlr
         cfg, trainer = transfer.config_from_args(args), transfer.train_transfer
     else:
         cfg, trainer = _init_config_from_args(args), scr.train_init

@@ -303,7 +303,8 @@ def apr_pose_matrix(position: torch.Tensor, quaternion: torch.Tensor) -> torch.T
 # --------------------------------------------------------------------------- contrastive (TransPose-NCE) and mid-level tasks
 
 def supcon_loss(features: torch.Tensor, labels: Optional[torch.Tensor] = None,
-                positive_mask: Optional[torch.Tensor] = None, temperature: float = 0.07) -> torch.Tensor:
+                positive_mask: Optional[torch.Tensor] = None, temperature: float = 0.07,
+                ignore_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Supervised contrastive loss (SupCon, Khosla et al. 2020, the ``L_out`` form), mean over anchors.
 
     For every anchor i with at least one positive,
@@ -319,6 +320,8 @@ def supcon_loss(features: torch.Tensor, labels: Optional[torch.Tensor] = None,
             diagonal is ignored). Give exactly one of ``labels`` and ``positive_mask``.
         temperature: ``t`` (0.07 as the paper). The reference code's extra factor
             ``t / base_t`` is 1 at the default and is not applied.
+        ignore_mask: optional ``(M, M)`` bool, ``[i, j]`` True when j is neither a positive nor in
+            the denominator of anchor i (pairs that are neither alike nor clearly different).
     """
     if features.dim() != 2:
         raise ValueError(f"features must be (M, D), got shape {tuple(features.shape)}")
@@ -335,10 +338,15 @@ def supcon_loss(features: torch.Tensor, labels: Optional[torch.Tensor] = None,
     elif positive_mask.shape != (M, M):
         raise ValueError(f"positive_mask must be ({M}, {M}), got {tuple(positive_mask.shape)}")
     eye = torch.eye(M, dtype=torch.bool, device=features.device)
-    positives = positive_mask.to(features.device).bool() & ~eye
+    excluded = eye
+    if ignore_mask is not None:
+        if ignore_mask.shape != (M, M):
+            raise ValueError(f"ignore_mask must be ({M}, {M}), got {tuple(ignore_mask.shape)}")
+        excluded = eye | ignore_mask.to(features.device).bool()
+    positives = positive_mask.to(features.device).bool() & ~excluded
     logits = features @ features.T / temperature
     # log-softmax over a != i (logsumexp is stable for small temperatures)
-    logits = logits.masked_fill(eye, float("-inf"))
+    logits = logits.masked_fill(excluded, float("-inf"))
     log_prob = logits - torch.logsumexp(logits, dim=1, keepdim=True)
     n_pos = positives.sum(1)
     has_pos = n_pos > 0
@@ -346,6 +354,59 @@ def supcon_loss(features: torch.Tensor, labels: Optional[torch.Tensor] = None,
         return features.sum() * 0.0
     mean_log_prob_pos = torch.where(positives, log_prob, torch.zeros_like(log_prob)).sum(1)[has_pos] / n_pos[has_pos]
     return -mean_log_prob_pos.mean()
+
+
+def cell_contrastive_loss(embeddings: torch.Tensor, points: torch.Tensor, valid: torch.Tensor, radius: float,
+                          negative_radius: Optional[float] = None, max_cells: int = 1024,
+                          temperature: float = 0.07, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """Dense SupCon between cells of different frames that see the same scene point.
+
+    Image-level NCE pulls whole views together; coordinate regression needs the features of one
+    *place* to agree across domains, cell by cell. Here a cell's positives are the cells of the other
+    frames of the batch whose target scene points lie within ``radius`` of its own; cells farther
+    than ``negative_radius`` are its negatives; cells in between, and every other cell of its own
+    frame, are left out (a frame's neighbouring cells see nearby points, and the coordinate loss
+    already keeps them apart).
+
+    Args:
+        embeddings: ``(B, D, h, w)`` unit vectors per cell (a dense projection head's output).
+        points: ``(B, 3, h, w)`` target scene coordinates of the cells (metres).
+        valid: ``(B, h, w)`` bool, cells with a target.
+        radius: positive pairs are closer than this (metres).
+        negative_radius: negatives are at least this far apart (default ``2 * radius``).
+        max_cells: at most this many valid cells (drawn at random) take part, which bounds the
+            ``(M, M)`` similarity matrix.
+        temperature: SupCon's ``t``.
+        generator: random source of the cell draw (default: torch's global one).
+
+    Returns:
+        The mean loss over sampled cells that have a positive (0 with a gradient path when none has).
+    """
+    if embeddings.dim() != 4 or points.dim() != 4 or points.shape[1] != 3:
+        raise ValueError(f"embeddings must be (B, D, h, w) and points (B, 3, h, w), got "
+                         f"{tuple(embeddings.shape)} and {tuple(points.shape)}")
+    B, D, h, w = embeddings.shape
+    if points.shape[0] != B or points.shape[2:] != (h, w) or valid.shape != (B, h, w):
+        raise ValueError(f"points {tuple(points.shape)} and valid {tuple(valid.shape)} must match embeddings "
+                         f"{tuple(embeddings.shape)} cell for cell")
+    if not radius > 0:
+        raise ValueError(f"radius must be positive, got {radius}")
+    negative_radius = 2.0 * radius if negative_radius is None else negative_radius
+    if negative_radius < radius:
+        raise ValueError(f"negative_radius ({negative_radius}) must be >= radius ({radius})")
+    flat_valid = valid.reshape(-1).to(embeddings.device)
+    cells = torch.nonzero(flat_valid).squeeze(1)
+    if cells.numel() > max_cells:
+        pick = torch.randperm(cells.numel(), generator=generator)[:max_cells].to(cells.device)
+        cells = cells[pick]
+    z = embeddings.permute(0, 2, 3, 1).reshape(-1, D)[cells]
+    x = points.permute(0, 2, 3, 1).reshape(-1, 3)[cells].to(z.device, torch.float32)
+    frame = cells // (h * w)
+    same_frame = frame[:, None] == frame[None, :]
+    dist = torch.cdist(x, x)
+    positive = (dist < radius) & ~same_frame
+    ignore = same_frame | ((dist >= radius) & (dist < negative_radius))
+    return supcon_loss(z, positive_mask=positive, temperature=temperature, ignore_mask=ignore)
 
 
 def laplace_nll(error: torch.Tensor, scale: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:

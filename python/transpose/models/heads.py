@@ -1,7 +1,9 @@
 """TransPose heads: the contrastive projection head (NCE), mid-level task regressors and their fusion (MLR).
 
 - :class:`ProjectionHead`: stride-8 features ``(B, C, h, w)`` -> global average pool -> two-layer
-  MLP -> L2-normalized embedding ``(B, D)`` for the supervised contrastive loss.
+  MLP -> L2-normalized embedding ``(B, D)`` for the supervised contrastive loss;
+  :class:`DenseProjectionHead`: the same per cell (1x1 convolutions), ``(B, D, h, w)``, for the
+  dense term that pulls together cells of different frames seeing the same scene point.
 - :class:`TaskNet`: a depth or surface-normal regressor with per-cell uncertainty, on the same
   encoder as :class:`~transpose.models.scr.SCRNet` (so its features have the coordinate
   network's shape). Depth is in metres, normals are unit vectors in the *camera* frame (a
@@ -24,7 +26,7 @@ from torch.nn import functional as F
 
 from .scr import LOG_SIGMA_RANGE, ResidualBlock, SCRNet, _conv
 
-__all__ = ["ProjectionHead", "TaskNet", "MLRFusion", "TransposeNet", "TASKS", "task_names"]
+__all__ = ["ProjectionHead", "DenseProjectionHead", "TaskNet", "MLRFusion", "TransposeNet", "TASKS", "task_names"]
 
 #: Mid-level tasks and their output channels.
 TASKS = {"depth": 1, "normal": 3}
@@ -47,6 +49,27 @@ class ProjectionHead(nn.Module):
         """``(B, C, h, w)`` -> unit vectors ``(B, D)``."""
         pooled = features.mean(dim=(2, 3))
         return F.normalize(self.fc2(F.relu(self.fc1(pooled))), dim=1)
+
+    def options(self) -> dict:
+        return {"in_channels": self.in_channels, "hidden": self.hidden, "out_dim": self.out_dim}
+
+
+class DenseProjectionHead(nn.Module):
+    """Per-cell, L2-normalized projection of stride-8 features (the dense NCE term).
+
+    Args:
+        in_channels: feature channels C; hidden: width of the 1x1-conv MLP; out_dim: embedding size D.
+    """
+
+    def __init__(self, in_channels: int, hidden: int = 128, out_dim: int = 64):
+        super().__init__()
+        self.in_channels, self.hidden, self.out_dim = in_channels, hidden, out_dim
+        self.conv1 = nn.Conv2d(in_channels, hidden, 1)
+        self.conv2 = nn.Conv2d(hidden, out_dim, 1)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        """``(B, C, h, w)`` -> unit vectors ``(B, D, h, w)``."""
+        return F.normalize(self.conv2(F.relu(self.conv1(features))), dim=1)
 
     def options(self) -> dict:
         return {"in_channels": self.in_channels, "hidden": self.hidden, "out_dim": self.out_dim}
@@ -136,10 +159,11 @@ class TransposeNet(nn.Module):
         tasks: frozen task networks by name (their encoders feed the fusion); their weights are part
             of this module's state, so a checkpoint is self-contained.
         head_dim: embedding size of the projection head (0: no head).
+        dense_dim: embedding size of the per-cell projection head (0: none).
     """
 
     def __init__(self, scr: SCRNet, tasks: Optional[Dict[str, TaskNet]] = None, head_dim: int = 0,
-                 head_hidden: int = 256):
+                 head_hidden: int = 256, dense_dim: int = 0, dense_hidden: int = 128):
         super().__init__()
         self.scr = scr
         self.tasks = nn.ModuleDict(tasks or {})
@@ -150,6 +174,8 @@ class TransposeNet(nn.Module):
         self.fusion = (MLRFusion(scr.feature_channels, [t.feature_channels for t in self.tasks.values()], scr.norm)
                        if self.tasks else None)
         self.head = ProjectionHead(scr.feature_channels, head_hidden, head_dim) if head_dim > 0 else None
+        self.dense_head = (DenseProjectionHead(scr.feature_channels, dense_hidden, dense_dim)
+                           if dense_dim > 0 else None)
         self.uncertainty = scr.uncertainty
 
     @property
@@ -180,6 +206,12 @@ class TransposeNet(nn.Module):
             raise ValueError("this network has no projection head (built with head_dim=0)")
         return self.head(features)
 
+    def embed_cells(self, features: torch.Tensor) -> torch.Tensor:
+        """Per-cell contrastive embedding ``(B, D, h, w)`` of features from :meth:`encode`."""
+        if self.dense_head is None:
+            raise ValueError("this network has no dense projection head (built with dense_dim=0)")
+        return self.dense_head(features)
+
     def forward(self, image: torch.Tensor) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
         if image.dim() != 4:
             raise ValueError(f"TransposeNet expects images (B, C, H, W), got shape {tuple(image.shape)}")
@@ -189,15 +221,17 @@ class TransposeNet(nn.Module):
         """SCRNet's options plus a ``transpose`` entry describing the tasks and the head."""
         return {**self.scr.options(),
                 "transpose": {"tasks": {name: net.options() for name, net in self.tasks.items()},
-                              "head": self.head.options() if self.head is not None else None}}
+                              "head": self.head.options() if self.head is not None else None,
+                              "dense_head": self.dense_head.options() if self.dense_head is not None else None}}
 
     @classmethod
     def from_options(cls, options: dict) -> "TransposeNet":
         extra = options.get("transpose") or {}
         tasks = {name: TaskNet.from_options(o) for name, o in (extra.get("tasks") or {}).items()}
-        head = extra.get("head")
+        head, dense = extra.get("head"), extra.get("dense_head")
         return cls(SCRNet.from_options(options), tasks, head_dim=head["out_dim"] if head else 0,
-                   head_hidden=head["hidden"] if head else 256)
+                   head_hidden=head["hidden"] if head else 256, dense_dim=dense["out_dim"] if dense else 0,
+                   dense_hidden=dense["hidden"] if dense else 128)
 
 
 def task_names(spec: str) -> List[str]:

@@ -6,6 +6,8 @@ coordinate training on fused mid-level features (MLR), all on the shared loop of
   NLL); with ``cfg.contrastive > 0`` every batch is a set of contrastive groups (anchor, in- and
   cross-domain positives, negatives; :mod:`transpose.data.pairs`) and ``contrastive * SupCon`` on
   the projection head's embeddings is added to the coordinate loss of every frame in the batch;
+  ``cfg.dense_contrastive > 0`` adds the per-cell term (same batches): cells of different frames
+  whose targets are within ``dense_radius`` are positives (:func:`~transpose.losses.cell_contrastive_loss`);
   with ``cfg.mlr`` the coordinate head decodes the encoder's features fused with frozen task
   encoders' (:class:`~transpose.models.heads.TransposeNet`).
 - ``cfg.task in ('depth', 'normal')``: a :class:`~transpose.models.heads.TaskNet` trained on the
@@ -25,7 +27,7 @@ import torch
 from torch.utils.data import ConcatDataset
 
 from ..data.overlap import MiningConfig
-from ..losses import laplace_nll, supcon_loss
+from ..losses import cell_contrastive_loss, laplace_nll, supcon_loss
 from ..models.heads import TASKS, TaskNet, TransposeNet, task_names
 from .checkpoint import load_checkpoint
 from .loop import LoopConfig, make_adam, pick_device, seed_everything, train_loop
@@ -46,6 +48,10 @@ class TransferConfig(InitConfig):
     contrastive: float = 0.0        # weight of SupCon (0: off)
     temperature: float = 0.07
     head_dim: int = 128
+    dense_contrastive: float = 0.0  # weight of the per-cell SupCon term (0: off)
+    dense_radius: float = 0.05      # metres: cells of two frames closer than this see the same place
+    dense_dim: int = 64
+    dense_cells: int = 1024         # cells per batch in the per-cell term
     pos_same: int = 1               # per group: in-domain positives, cross-domain positives, negatives
     pos_cross: int = 1
     negatives: int = 2
@@ -158,8 +164,14 @@ def train_transfer(cfg: TransferConfig) -> Dict[str, Any]:
         raise ValueError(f"--task must be one of {', '.join(TASK_CHOICES)}, got '{cfg.task}'")
     if cfg.contrastive < 0:
         raise ValueError(f"--contrastive must be >= 0, got {cfg.contrastive}")
-    if cfg.task != "coords" and (cfg.contrastive > 0 or cfg.mlr):
-        raise ValueError(f"--task {cfg.task}: trains a task network; --contrastive and --mlr apply to --task coords")
+    if cfg.dense_contrastive < 0:
+        raise ValueError(f"--dense_contrastive must be >= 0, got {cfg.dense_contrastive}")
+    if not cfg.dense_radius > 0:
+        raise ValueError(f"--dense_radius must be positive, got {cfg.dense_radius}")
+    grouped = cfg.contrastive > 0 or cfg.dense_contrastive > 0  # batches of mined groups
+    if cfg.task != "coords" and (grouped or cfg.mlr):
+        raise ValueError(f"--task {cfg.task}: trains a task network; --contrastive, --dense_contrastive and --mlr "
+                         f"apply to --task coords")
     seed_everything(cfg.seed)
     device = pick_device(cfg.device)
     sections = section_list(cfg.section)
@@ -176,12 +188,13 @@ def train_transfer(cfg: TransferConfig) -> Dict[str, Any]:
         if opts["task"] != task:
             raise ValueError(f"{path}: is a '{opts['task']}' network, --mlr asked for '{task}'")
         tasks[task] = net_t
-    net = TransposeNet(build_network(cfg, datasets), tasks, head_dim=cfg.head_dim if cfg.contrastive > 0 else 0).to(device)
+    net = TransposeNet(build_network(cfg, datasets), tasks, head_dim=cfg.head_dim if cfg.contrastive > 0 else 0,
+                       dense_dim=cfg.dense_dim if cfg.dense_contrastive > 0 else 0).to(device)
     optimizer = make_adam(parameter_groups(net, cfg.learningrate))
     scheduler = _scheduler(optimizer, cfg)
 
     collate = None
-    if cfg.contrastive > 0:
+    if grouped:
         from ..data.overlap import mine_scene
         from ..data.pairs import ContrastiveCollate, ContrastiveGroups
 
@@ -201,6 +214,14 @@ def train_transfer(cfg: TransferConfig) -> Dict[str, Any]:
                               temperature=cfg.temperature)
             loss = loss + cfg.contrastive * nce
             metrics["supcon"] = nce.detach()
+        if cfg.dense_contrastive > 0:
+            if "coords" not in batch:
+                raise ValueError("--dense_contrastive needs scene-coordinate targets (depth/ or init/) in every section")
+            dense = cell_contrastive_loss(net.embed_cells(features), batch["coords"].to(device),
+                                          batch["mask"].to(device), cfg.dense_radius, max_cells=cfg.dense_cells,
+                                          temperature=cfg.temperature)
+            loss = loss + cfg.dense_contrastive * dense
+            metrics["supcon_cells"] = dense.detach()
         metrics["loss"] = loss.float()
         return metrics
 
@@ -222,11 +243,14 @@ def config_from_args(args) -> TransferConfig:
     mlr = tuple(task_names(args.mlr)) if getattr(args, "mlr", None) else ()
     nets = tuple(p.strip() for p in args.mlr_nets.split(",") if p.strip()) if getattr(args, "mlr_nets", None) else ()
     return TransferConfig(**values, contrastive=getattr(args, "contrastive", 0.0) or 0.0,
+                          dense_contrastive=getattr(args, "dense_contrastive", 0.0) or 0.0,
+                          dense_radius=getattr(args, "dense_radius", 0.05),
                           temperature=getattr(args, "temperature", 0.07), task=getattr(args, "task", "coords"),
                           mlr=mlr, mlr_nets=nets)
 
 
 def uses_transfer(args) -> bool:
     """Whether train_init's flags ask for anything beyond plain train_init (several sections, NCE, a task, MLR)."""
-    return bool(getattr(args, "contrastive", 0) or getattr(args, "task", "coords") != "coords"
+    return bool(getattr(args, "contrastive", 0) or getattr(args, "dense_contrastive", 0)
+                or getattr(args, "task", "coords") != "coords"
                 or getattr(args, "mlr", None) or "," in getattr(args, "section", ""))
