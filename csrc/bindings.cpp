@@ -365,7 +365,7 @@ py::tuple refine_py(const Array& pixels, const Array& points, const py::object& 
   int used;
   {
     py::gil_scoped_release release;
-    std::vector<int> scratch;
+    Buffer<int> scratch;
     used = refine_hypothesis(f, camera_points.is_none() ? Model::kPnP : Model::kRigid,
                              make_score_params(threshold, max_err), rounds, lm_iterations, p, scratch);
   }

@@ -204,7 +204,7 @@ struct Hyp {
 
 // DSAC* refinement (as refine_hypothesis) that keeps the inlier set of the last fit.
 void refine_recording(const Frame& f, Model model, const ScoreParams& sp, const DsacOptions& o, Hyp& h) {
-  std::vector<int> scratch(static_cast<size_t>(f.n));
+  Buffer<int> scratch(static_cast<size_t>(f.n));
   const int min_points = model == Model::kPnP ? 4 : 3;
   int previous = 0;
   Pose pose = h.pose;

@@ -69,7 +69,7 @@ void pack_frame(const Frame& f, int subset_size, uint64_t seed, PackedFrame& out
   fill_all(f, origin, out.all);
   // Partial Fisher-Yates: position k < m takes a uniform pick among the cells not yet taken.
   const int m = std::min(std::max(subset_size, 0), n);
-  std::vector<int> idx(static_cast<size_t>(m > 0 ? n : 0));
+  Buffer<int> idx(static_cast<size_t>(m > 0 ? n : 0));
   std::iota(idx.begin(), idx.end(), 0);
   Rng rng(seed, kPackStream);
   for (int k = 0; k < m; ++k)

@@ -14,6 +14,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "buffer.h"
 #include "camera.h"
 #include "frame.h"
 #include "scoring.h"
@@ -23,9 +24,9 @@ namespace transpose {
 // Correspondences in float32 structure-of-arrays form.
 struct PackedCells {
   int n = 0;
-  std::vector<float> X, Y, Z;  // scene point minus `origin`
-  std::vector<float> u, v;     // pixel minus principal point
-  std::vector<float> w;
+  Buffer<float> X, Y, Z;  // scene point minus `origin`
+  Buffer<float> u, v;     // pixel minus principal point
+  Buffer<float> w;
   double origin[3] = {0, 0, 0};
 };
 

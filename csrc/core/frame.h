@@ -4,6 +4,7 @@
 
 #include <vector>
 
+#include "buffer.h"
 #include "camera.h"
 
 namespace transpose {
@@ -27,11 +28,11 @@ struct Frame {
   int n_total = 0;  // correspondences given by the caller
   double wsum = 0.0;
   // Structure of arrays over the valid correspondences (scoring and refinement loops).
-  std::vector<double> u, v, X, Y, Z, w;
-  std::vector<double> uc, vc;  // u - cx, v - cy (scoring)
-  std::vector<double> points;  // (n, 3) scene points, row-major (RGB-D only: rigid alignment), else empty
-  std::vector<double> camera;  // (n, 3) camera-frame points (RGB-D only), else empty
-  std::vector<int> original;   // valid index -> caller's index
+  Buffer<double> u, v, X, Y, Z, w;
+  Buffer<double> uc, vc;  // u - cx, v - cy (scoring)
+  Buffer<double> points;  // (n, 3) scene points, row-major (RGB-D only: rigid alignment), else empty
+  Buffer<double> camera;  // (n, 3) camera-frame points (RGB-D only), else empty
+  Buffer<int> original;   // valid index -> caller's index
 };
 
 // The caller's scene points, float64 or float32: coordinate k of point i at data[i * stride + k * step]

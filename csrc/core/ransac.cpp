@@ -99,7 +99,7 @@ double needed_samples(double ratio, double confidence) {
 // r.selected_score to this function: the winner's float64 score comes with its first inlier pass.
 void finish(const Frame& f, Model model, const RansacOptions& o, const ScoreParams& sp, Pose pose,
             RansacResult& r) {
-  std::vector<int> scratch;
+  Buffer<int> scratch;
   int count;
   if (o.training || o.exact_scoring) {
     if (o.refine) refine_hypothesis(f, model, sp, o.refine_rounds, o.lm_iterations, pose, scratch);
@@ -248,7 +248,7 @@ void ransac_fixed(const Frame& f, Model model, const RansacOptions& o, const Sco
       for (int h = 0; h < M; ++h) {
         Pose pose = hyps[static_cast<size_t>(h)].pose;
         if (hyps[static_cast<size_t>(h)].valid) {
-          std::vector<int> scratch;
+          Buffer<int> scratch;
           refine_hypothesis(f, model, sp, o.refine_rounds, o.lm_iterations, pose, scratch);
         }
         r.refined[static_cast<size_t>(h)] = pose;

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 
+#include "buffer.h"
 #include "kabsch.h"
 #include "math3.h"
 #include "simd.h"
@@ -13,7 +14,7 @@ namespace {
 // Inlier correspondences gathered into contiguous arrays, so the normal-equation pass is a
 // straight (SIMD-reducible) loop.
 struct Gathered {
-  std::vector<double> X, Y, Z, u, v, w;
+  Buffer<double> X, Y, Z, u, v, w;
   int n = 0;
   void assign(const Frame& f, const int* idx, int count) {
     const size_t m = static_cast<size_t>(count);
@@ -162,7 +163,7 @@ namespace {
 // The DSAC* loop of refine_hypothesis; with `scored` non-null the test-mode variant of
 // refine_hypothesis_scored, scored[0] / scored[1] being `before` / `after`.
 int refine_loop(const Frame& f, Model model, const ScoreParams& sp, int max_rounds, int lm_iterations, Pose& pose,
-                std::vector<int>& scratch, ScoreOut* scored) {
+                Buffer<int>& scratch, ScoreOut* scored) {
   scratch.resize(static_cast<size_t>(f.n));
   const int min_points = model == Model::kPnP ? 4 : 3;
   int previous = 0, fitted = 0;
@@ -199,12 +200,12 @@ int refine_loop(const Frame& f, Model model, const ScoreParams& sp, int max_roun
 }  // namespace
 
 int refine_hypothesis(const Frame& f, Model model, const ScoreParams& sp, int max_rounds, int lm_iterations,
-                      Pose& pose, std::vector<int>& scratch) {
+                      Pose& pose, Buffer<int>& scratch) {
   return refine_loop(f, model, sp, max_rounds, lm_iterations, pose, scratch, nullptr);
 }
 
 void refine_hypothesis_scored(const Frame& f, Model model, const ScoreParams& sp, int max_rounds, int lm_iterations,
-                              Pose& pose, std::vector<int>& scratch, ScoreOut& before, ScoreOut& after) {
+                              Pose& pose, Buffer<int>& scratch, ScoreOut& before, ScoreOut& after) {
   ScoreOut scored[2];
   refine_loop(f, model, sp, max_rounds, lm_iterations, pose, scratch, scored);
   before = scored[0];

@@ -26,13 +26,13 @@ enum class Model { kPnP, kRigid };
 // inliers } at most `max_rounds` times. `scratch` is resized as needed. Returns the final number
 // of inliers used for the last fit (0 when nothing was fitted).
 int refine_hypothesis(const Frame& f, Model model, const ScoreParams& sp, int max_rounds, int lm_iterations,
-                      Pose& pose, std::vector<int>& scratch);
+                      Pose& pose, Buffer<int>& scratch);
 
 // The same for test mode, which reports scores and inliers: LM with predict_stop, and inliers are
 // collected together with the soft score (soft_score_collect). On return `before` holds the soft
 // score and inlier count of the given pose, `after` those of the returned pose, whose inliers are
 // listed in scratch[0..after.inliers). With max_rounds = 0 the pose is only scored.
 void refine_hypothesis_scored(const Frame& f, Model model, const ScoreParams& sp, int max_rounds, int lm_iterations,
-                              Pose& pose, std::vector<int>& scratch, ScoreOut& before, ScoreOut& after);
+                              Pose& pose, Buffer<int>& scratch, ScoreOut& before, ScoreOut& after);
 
 }  // namespace transpose

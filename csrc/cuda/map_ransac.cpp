@@ -49,7 +49,7 @@ namespace {
 
 // The winner's refinement and final statistics: the core's `finish` (ransac.cpp), PnP only.
 void finish(const Frame& f, const RansacOptions& o, const ScoreParams& sp, Pose pose, RansacResult& r) {
-  std::vector<int> scratch;
+  Buffer<int> scratch;
   if (o.refine) refine_hypothesis(f, Model::kPnP, sp, o.refine_rounds, o.lm_iterations, pose, scratch);
   r.pose = pose;
   r.score = soft_score(f, pose, sp, -std::numeric_limits<double>::infinity()).score;
