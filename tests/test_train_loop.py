@@ -114,3 +114,31 @@ def test_make_adam_is_fused_and_steps_like_adam():
             opt.step()
     for pa, pb in zip(a.parameters(), b.parameters()):
         assert torch.allclose(pa, pb, atol=1e-6)
+
+
+class _WhoLoads(torch.utils.data.Dataset):
+    """Item i -> (i, pid of the process that loaded it)."""
+
+    def __len__(self):
+        return 8
+
+    def __getitem__(self, i):
+        import os
+
+        return torch.tensor([i, os.getpid()])
+
+
+def test_loader_workers_live_across_epochs_and_order_matches_the_main_process():
+    from transpose.train.loop import _batches
+
+    def epochs(workers):
+        cfg = LoopConfig(out="unused", kind="test", options={}, iterations=1, batch_size=2, num_workers=workers, seed=3)
+        it = _batches(_WhoLoads(), cfg, start_iteration=1, rank=0, world=1)  # resume one batch in
+        rows = [next(it) for _ in range(3 + 4 + 4)]  # the rest of epoch 0, then epochs 1 and 2
+        return [r[:, 0].tolist() for r in rows], [set(r[:, 1].tolist()) for r in rows]
+
+    order0, _ = epochs(0)
+    order2, pids = epochs(2)
+    assert order2 == order0  # the sampler decides the order, wherever items are loaded
+    first, later = set().union(*pids[:3]), set().union(*pids[3:])
+    assert len(first) == 2 and later == first  # the same two worker processes every epoch

@@ -84,8 +84,8 @@ class SceneDataset(Dataset):
             (0: read every item from disk). Decoding a 640x480 PNG image and its depth takes ~30 ms,
             more than the augmentation and the network step of a small CPU training together; with
             the cache every frame is decoded once. Each DataLoader worker process holds its own copy,
-            which lives as long as the worker: the training loop makes new workers every epoch, so
-            the cache pays off with its default ``--workers 0``.
+            which lives as long as the worker; the training loop keeps its workers for the whole run
+            (``persistent_workers``), so with ``--workers N`` each worker decodes a frame once too.
     """
 
     def __init__(self, scene: Union[str, Path], section: str = "train", mode: str = "scr",

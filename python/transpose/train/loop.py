@@ -135,12 +135,17 @@ def _batches(dataset: Dataset, cfg: LoopConfig, start_iteration: int, rank: int,
     sampler = ResumableSampler(len(dataset), cfg.seed, rank, world)
     per_epoch = _steps_per_epoch(len(dataset), cfg.batch_size, world)
     epoch, offset = divmod(start_iteration, per_epoch)
+    loader = None
     while True:
         sampler.set_epoch(epoch, offset * cfg.batch_size)
-        loader = DataLoader(dataset, batch_size=cfg.batch_size, sampler=sampler, drop_last=True,
-                            num_workers=cfg.num_workers, collate_fn=cfg.collate_fn,
-                            persistent_workers=False,
-                            generator=torch.Generator().manual_seed(cfg.seed + epoch + _RANK_STRIDE * rank))
+        if loader is None or not cfg.num_workers:
+            # Worker processes live as long as the run (persistent_workers): what a worker's dataset
+            # holds, e.g. SceneDataset's frame cache, carries over from one epoch to the next. The
+            # sampler is read in this process, so set_epoch still orders every epoch.
+            loader = DataLoader(dataset, batch_size=cfg.batch_size, sampler=sampler, drop_last=True,
+                                num_workers=cfg.num_workers, collate_fn=cfg.collate_fn,
+                                persistent_workers=cfg.num_workers > 0,
+                                generator=torch.Generator().manual_seed(cfg.seed + epoch + _RANK_STRIDE * rank))
         yield from itertools.islice(loader, per_epoch - offset)
         epoch, offset = epoch + 1, 0
 
