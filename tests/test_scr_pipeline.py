@@ -127,3 +127,17 @@ def test_batches_of_augmented_frames_stack(scene, tmp_path):
     assert cli._run("train_init", [str(scene / "tiny"), str(net), "--section", "train_sim", "--batch_size", "3",
                                    "--iterations", "2", "--width", "0.25", "--image_height", "96"]) == 0
     assert torch.load(net, weights_only=False)["iteration"] == 2
+
+
+def test_photometric_augmentation_flags_reach_the_dataset(scene, capsys):
+    from transpose.train.scr import build_dataset
+
+    args = cli.train_init_parser().parse_args([str(scene / "pair"), "x.net", "--aug_brightness", "0.4",
+                                               "--aug_contrast", "0.3", "--aug_rotation", "5"])
+    aug = build_dataset(cli._init_config_from_args(args)).aug
+    assert (aug.brightness, aug.contrast, aug.rotation_deg) == (0.4, 0.3, 5.0)
+    default = build_dataset(cli._init_config_from_args(cli.train_init_parser().parse_args([str(scene / "pair"), "x.net"])))
+    assert (default.aug.brightness, default.aug.contrast) == (0.1, 0.1)  # DSAC*'s
+    with pytest.raises(SystemExit):
+        cli.train_init_parser().parse_args([str(scene / "pair"), "x.net", "--aug_contrast", "1.5"])
+    assert "--aug_contrast must be in [0, 1), got 1.5" in capsys.readouterr().err

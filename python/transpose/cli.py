@@ -47,6 +47,16 @@ def _positive(kind: Callable, name: str) -> Callable:
     return parse
 
 
+def _fraction(name: str) -> Callable:
+    """argparse type: a float in [0, 1)."""
+    def parse(text: str) -> float:
+        value = float(text)
+        if not 0.0 <= value < 1.0:
+            raise argparse.ArgumentTypeError(f"{name} must be in [0, 1), got {text}")
+        return value
+    return parse
+
+
 # --------------------------------------------------------------------------- train_init
 
 
@@ -90,6 +100,10 @@ def train_init_parser() -> argparse.ArgumentParser:
                    help="random zoom range (default DSAC*'s 0.667 1.5)")
     p.add_argument("--aug_rotation", type=float, default=30.0,
                    help="random in-plane rotation range in degrees, +- (default DSAC*'s 30)")
+    p.add_argument("--aug_brightness", type=_fraction("--aug_brightness"), default=0.1,
+                   help="random brightness factor 1 +- this, in [0, 1) (default DSAC*'s 0.1)")
+    p.add_argument("--aug_contrast", type=_fraction("--aug_contrast"), default=0.1,
+                   help="random contrast factor 1 +- this, in [0, 1) (default DSAC*'s 0.1)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--checkpoint_every", type=_positive(int, "--checkpoint_every"), default=1000)
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in <network>")
@@ -127,7 +141,8 @@ def _init_config_from_args(args: argparse.Namespace):
                             mindepth=args.mindepth, inittolerance=args.inittolerance, targetdepth=args.targetdepth),
         sparse=args.sparse, uncertainty=args.uncertainty, nll_weight=args.nll_weight, width=args.width,
         norm=args.norm, clusters=args.clusters, tiny=args.tiny, image_height=args.image_height, augment=not args.no_augment,
-        aug_scale=tuple(args.aug_scale), aug_rotation=args.aug_rotation, init=args.init, seed=args.seed,
+        aug_scale=tuple(args.aug_scale), aug_rotation=args.aug_rotation,
+        aug_brightness=args.aug_brightness, aug_contrast=args.aug_contrast, init=args.init, seed=args.seed,
         checkpoint_every=args.checkpoint_every, resume=args.resume, max_minutes=args.max_minutes,
         num_workers=args.workers, cache_mb=args.cache_mb, device=args.device, logdir=args.logdir, root=args.root)
 

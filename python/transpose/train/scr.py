@@ -44,6 +44,8 @@ class InitConfig:
     augment: bool = True
     aug_scale: Tuple[float, float] = (2.0 / 3.0, 3.0 / 2.0)  # zoom range (DSAC*)
     aug_rotation: float = 30.0      # in-plane rotation, +- degrees (DSAC*)
+    aug_brightness: float = 0.1     # brightness factor 1 +- this (DSAC*)
+    aug_contrast: float = 0.1       # contrast factor 1 +- this (DSAC*)
     seed: int = 0
     checkpoint_every: int = 1000
     log_every: int = 10
@@ -94,7 +96,8 @@ def build_dataset(cfg: InitConfig, section: Optional[str] = None, output_size: O
     targets = "init" if cfg.sparse else ("depth" if has_depth else "auto")
     if output_size is None and cfg.batch_size > 1:
         output_size = output_size_for(scene_dir, section, cfg.image_height)
-    aug = AugmentParams(scale_min=cfg.aug_scale[0], scale_max=cfg.aug_scale[1], rotation_deg=cfg.aug_rotation)
+    aug = AugmentParams(scale_min=cfg.aug_scale[0], scale_max=cfg.aug_scale[1], rotation_deg=cfg.aug_rotation,
+                        brightness=cfg.aug_brightness, contrast=cfg.aug_contrast)
     return SceneDataset(scene_dir, section, mode="scr", augment=cfg.augment, aug=aug, image_height=cfg.image_height,
                         output_size=output_size, targets=targets, root=cfg.root, load_depth=False,
                         load_normals=load_normals, cache_mb=cfg.cache_mb)
