@@ -158,3 +158,23 @@ def test_cell_contrastive_loss_subsamples_and_rejects_bad_input():
         cell_contrastive_loss(emb, points, valid, radius=0.3, negative_radius=0.1)
     with pytest.raises(ValueError, match="cell for cell"):
         cell_contrastive_loss(emb, points[:, :, :3], valid, radius=0.3)
+
+
+def test_cell_contrastive_loss_cross_domain_only():
+    torch.manual_seed(0)
+    emb = torch.nn.functional.normalize(torch.randn(3, 4, 2, 3, dtype=torch.float64), dim=1)
+    points = torch.rand(3, 3, 2, 3, dtype=torch.float64)
+    points[2] = points[0] + 0.01  # frame 2 sees what frame 0 sees
+    valid = torch.ones(3, 2, 3, dtype=torch.bool)
+    plain = cell_contrastive_loss(emb, points, valid, radius=0.05)
+    # every frame its own domain: every cross-frame pair is a cross-domain pair, nothing changes
+    assert cell_contrastive_loss(emb, points, valid, radius=0.05, domains=torch.tensor([0, 1, 2])).item() == \
+        pytest.approx(plain.item(), rel=1e-12)
+    # frames 0 and 2 in one domain: their close pairs are left out and no positive remains (frame 1
+    # sees other points), unless another frame's cells happen to be close
+    far = points.clone()
+    far[1] += 10.0
+    assert cell_contrastive_loss(emb, far, valid, radius=0.05).item() > 0
+    assert cell_contrastive_loss(emb, far, valid, radius=0.05, domains=torch.tensor([0, 1, 0])).item() == 0.0
+    with pytest.raises(ValueError, match="domains"):
+        cell_contrastive_loss(emb, points, valid, radius=0.05, domains=torch.tensor([0, 1]))

@@ -112,6 +112,7 @@ def test_contrastive_groups_and_positive_mask(scene):
     neg = torch.nonzero(first & (role == ROLE_NEGATIVE)).flatten()
     assert len(pos) == 2 and len(neg) == 2  # one in-domain (real) and one cross-domain (sim) positive
     assert set(mining.domains[frame[pos].numpy()]) == {0, 1}
+    assert batch["domain"].tolist() == mining.domains[frame.numpy()].tolist()
     assert frame[pos[1]].item() == mining.names.index("train_sim/frame-000000")  # its closest sim view
     assert P[a, pos].all() and not P[a, neg].any()
     for n in neg:
@@ -155,7 +156,7 @@ def test_nce_training_end_to_end_through_the_cli(scene, tmp_path, capsys):
 def test_dense_contrastive_training_through_the_cli(scene, tmp_path):
     net_path = tmp_path / "dense.net"
     code = cli._run("train_init", _train_args(scene, net_path, "--section", "train_sim,train_real",
-                                              "--dense_contrastive", "0.5", "--dense_radius", "0.2",
+                                              "--dense_contrastive", "0.5", "--dense_radius", "0.2", "--dense_cross_only",
                                               "--iterations", "6", "--uncertainty"))
     assert code == 0
     log = read_csv_log(tmp_path / "dense_log" / "log.csv")
@@ -163,6 +164,7 @@ def test_dense_contrastive_training_through_the_cli(scene, tmp_path):
     net, options = load_network(net_path)
     assert net.dense_head is not None and net.head is None
     assert options["train_init"]["dense_contrastive"] == 0.5 and options["train_init"]["dense_radius"] == 0.2
+    assert options["train_init"]["dense_cross_only"] is True
     emb = net.embed_cells(net.encode(torch.zeros(1, 1, 48, 64)))
     assert emb.shape == (1, options["transpose"]["dense_head"]["out_dim"], 6, 8)
     np.testing.assert_allclose(emb.norm(dim=1).detach().numpy(), 1.0, atol=1e-5)

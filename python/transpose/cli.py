@@ -122,6 +122,8 @@ def train_init_parser() -> argparse.ArgumentParser:
                    "scene point (within --dense_radius) are pulled together (0: off)")
     g.add_argument("--dense_radius", type=_positive(float, "--dense_radius"), default=0.05, metavar="METRES",
                    help="cells whose target points are closer than this are positives (default 0.05)")
+    g.add_argument("--dense_cross_only", action="store_true",
+                   help="per-cell positives only between a sim and a real frame (appearance invariance only)")
     g.add_argument("--task", choices=("coords", "depth", "normal"), default="coords",
                    help="what to regress: scene coordinates, or a depth / normal network for --mlr")
     g.add_argument("--mlr", default=None, help="fuse frozen task networks, e.g. depth,normal")

@@ -358,7 +358,8 @@ def supcon_loss(features: torch.Tensor, labels: Optional[torch.Tensor] = None,
 
 def cell_contrastive_loss(embeddings: torch.Tensor, points: torch.Tensor, valid: torch.Tensor, radius: float,
                           negative_radius: Optional[float] = None, max_cells: int = 1024,
-                          temperature: float = 0.07, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+                          temperature: float = 0.07, generator: Optional[torch.Generator] = None,
+                          domains: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Dense SupCon between cells of different frames that see the same scene point.
 
     Image-level NCE pulls whole views together; coordinate regression needs the features of one
@@ -378,6 +379,9 @@ def cell_contrastive_loss(embeddings: torch.Tensor, points: torch.Tensor, valid:
             ``(M, M)`` similarity matrix.
         temperature: SupCon's ``t``.
         generator: random source of the cell draw (default: torch's global one).
+        domains: optional ``(B,)`` domain id per frame (sim / real): then only pairs across domains
+            are positives (close pairs within a domain are left out), so the term asks for
+            appearance invariance only.
 
     Returns:
         The mean loss over sampled cells that have a positive (0 with a gradient path when none has).
@@ -404,8 +408,16 @@ def cell_contrastive_loss(embeddings: torch.Tensor, points: torch.Tensor, valid:
     frame = cells // (h * w)
     same_frame = frame[:, None] == frame[None, :]
     dist = torch.cdist(x, x)
-    positive = (dist < radius) & ~same_frame
+    close = dist < radius
+    positive = close & ~same_frame
     ignore = same_frame | ((dist >= radius) & (dist < negative_radius))
+    if domains is not None:
+        if domains.shape != (B,):
+            raise ValueError(f"domains must be ({B},), got {tuple(domains.shape)}")
+        domain = domains.to(cells.device)[frame]
+        same_domain = domain[:, None] == domain[None, :]
+        positive = positive & ~same_domain
+        ignore = ignore | (close & same_domain)
     return supcon_loss(z, positive_mask=positive, temperature=temperature, ignore_mask=ignore)
 
 

@@ -11,7 +11,8 @@ them reproducible.
 usual keys (``image``, ``pose``, ``K``, ``coords``, ``mask``, ...) plus
 
 - ``frame (M,)``: index of each frame in the mining (``section/key`` order),
-- ``group (M,)``, ``role (M,)`` (0 anchor, 1 positive, 2 negative),
+- ``group (M,)``, ``role (M,)`` (0 anchor, 1 positive, 2 negative), ``domain (M,)`` (the mining's
+  domain id of each frame, e.g. sim 0 / real 1),
 - ``positive_mask (M, M)`` bool: i and j are positives when they are anchor/positives of one group,
   a mined positive pair, or the same frame drawn twice (two augmentations of one view). Everything
   else in the batch is a negative for SupCon.
@@ -96,6 +97,7 @@ class ContrastiveCollate:
 
     def __init__(self, mining: PairMining):
         self.positive = torch.from_numpy(mining.positive_matrix())
+        self.domains = torch.as_tensor(np.asarray(mining.domains), dtype=torch.long)
 
     def __call__(self, groups: Sequence[Dict[str, Any]]) -> Dict[str, Any]:
         items = [it for g in groups for it in g["items"]]
@@ -118,4 +120,5 @@ class ContrastiveCollate:
         same_frame = frame[:, None] == frame[None, :]
         batch["positive_mask"] = in_group | same_frame | self.positive[frame][:, frame]
         batch["frame"], batch["role"], batch["group"] = frame, role, group
+        batch["domain"] = self.domains[frame]
         return batch

@@ -52,6 +52,7 @@ class TransferConfig(InitConfig):
     dense_radius: float = 0.05      # metres: cells of two frames closer than this see the same place
     dense_dim: int = 64
     dense_cells: int = 1024         # cells per batch in the per-cell term
+    dense_cross_only: bool = False  # per-cell positives only across domains (sim cell <-> real cell)
     pos_same: int = 1               # per group: in-domain positives, cross-domain positives, negatives
     pos_cross: int = 1
     negatives: int = 2
@@ -219,7 +220,8 @@ def train_transfer(cfg: TransferConfig) -> Dict[str, Any]:
                 raise ValueError("--dense_contrastive needs scene-coordinate targets (depth/ or init/) in every section")
             dense = cell_contrastive_loss(net.embed_cells(features), batch["coords"].to(device),
                                           batch["mask"].to(device), cfg.dense_radius, max_cells=cfg.dense_cells,
-                                          temperature=cfg.temperature)
+                                          temperature=cfg.temperature,
+                                          domains=batch["domain"] if cfg.dense_cross_only else None)
             loss = loss + cfg.dense_contrastive * dense
             metrics["supcon_cells"] = dense.detach()
         metrics["loss"] = loss.float()
@@ -245,6 +247,7 @@ def config_from_args(args) -> TransferConfig:
     return TransferConfig(**values, contrastive=getattr(args, "contrastive", 0.0) or 0.0,
                           dense_contrastive=getattr(args, "dense_contrastive", 0.0) or 0.0,
                           dense_radius=getattr(args, "dense_radius", 0.05),
+                          dense_cross_only=getattr(args, "dense_cross_only", False),
                           temperature=getattr(args, "temperature", 0.07), task=getattr(args, "task", "coords"),
                           mlr=mlr, mlr_nets=nets)
 
