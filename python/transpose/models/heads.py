@@ -24,7 +24,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .scr import LOG_SIGMA_RANGE, ResidualBlock, SCRNet, _conv
+from .scr import LOG_SIGMA_RANGE, ResidualBlock, SCRNet, _conv, _zero_conv
 
 __all__ = ["ProjectionHead", "DenseProjectionHead", "TaskNet", "MLRFusion", "TransposeNet", "TASKS", "task_names"]
 
@@ -140,9 +140,7 @@ class MLRFusion(nn.Module):
         self.channels, self.task_channels = channels, list(task_channels)
         self.norms = nn.ModuleList([nn.GroupNorm(1, c, affine=False) for c in [channels] + self.task_channels])
         self.conv1 = _conv(channels + sum(self.task_channels), channels, 3, norm=norm)
-        self.conv2 = nn.Conv2d(channels, channels, 1)
-        nn.init.zeros_(self.conv2.weight)
-        nn.init.zeros_(self.conv2.bias)
+        self.conv2 = _zero_conv(channels, channels)  # an untrained fusion is the identity
 
     def forward(self, features: torch.Tensor, task_features: Sequence[torch.Tensor]) -> torch.Tensor:
         if len(task_features) != len(self.task_channels):
