@@ -96,3 +96,109 @@ def test_rotation_z_is_about_the_optical_axis():
     R = A.rotation_z(30.0)
     assert np.allclose(R @ [0, 0, 1], [0, 0, 1]) and np.isclose(g.rotation_error_deg(R, np.eye(3)), 30.0)
     assert np.allclose(R @ [1, 0, 0], [math.cos(math.radians(30)), math.sin(math.radians(30)), 0])
+
+
+def test_relight_gain_per_cell_interpolation_and_cells_without_normals():
+    image = np.full((1, 16, 24), 0.5, np.float32)
+    normals = np.zeros((3, 2, 3), np.float32)
+    normals[:, 0, 0] = [0, 0, 1]    # faces the light: gain 1 + s
+    normals[:, 0, 1] = [0, 0, -1]   # faces away: gain 1 - s
+    normals[:, 1, 0] = [1, 0, 0]    # grazing: gain 1 - s
+    # (0, 2), (1, 1), (1, 2): no normal, left as they are
+    out = A.relight_image(image, normals, np.array([0.0, 0.0, 1.0]), 0.4, stride=8)
+    # cell (i, j) is centred on pixel (8 j + 4, 8 i + 4), as geometry.cell_centers
+    assert np.isclose(out[0, 4, 4], 0.7) and np.isclose(out[0, 0, 0], 0.7)  # 1.4 x 0.5, held to the border
+    assert np.isclose(out[0, 4, 12], 0.3) and np.isclose(out[0, 12, 4], 0.3)
+    assert np.allclose(out[0, 12:16, 20:24], 0.5)
+    # bilinear between the centres of cells (0, 0) and (0, 1): halfway, at x = 8, the mean gain 1.0
+    assert np.isclose(out[0, 4, 8], 0.5) and np.isclose(out[0, 4, 6], 0.5 * (0.75 * 1.4 + 0.25 * 0.6))
+    assert out.dtype == np.float32 and out.max() <= 1.0
+    # strength 0: nothing changes; and the gain saturates at 1
+    assert np.array_equal(A.relight_image(image, normals, np.array([0.0, 0.0, 1.0]), 0.0), image)
+    bright = A.relight_image(np.ones_like(image), normals, np.array([0.0, 0.0, 1.0]), 0.9)
+    assert bright.max() == 1.0
+
+
+def test_sample_augmentation_draws_relighting_only_when_asked():
+    plain = A.AugmentParams()
+    lit = A.AugmentParams(relight=0.5)
+    a = A.sample_augmentation(plain, torch.Generator().manual_seed(3))
+    b = A.sample_augmentation(lit, torch.Generator().manual_seed(3))
+    assert set(a) == {"scale", "angle_deg", "brightness", "contrast"}
+    assert all(a[k] == b[k] for k in a)  # the same geometric and photometric draws as before
+    assert 0 <= b["relight"] <= 0.5 and abs(np.linalg.norm(b["light"]) - 1) < 1e-9
+    for bad in (-0.1, 1.0):
+        with pytest.raises(ValueError, match="relight"):
+            A.AugmentParams(relight=bad)
+
+
+def test_dataset_relights_images_only(tmp_path):
+    """Relit items keep the geometry of the same augmentation draw (pose, K, targets); only the grey
+    levels change, and only on frames with normal maps."""
+    from transpose.data.scene import SceneDataset
+    from transpose.data.synthetic import render_scene
+
+    render_scene(tmp_path / "s", "indoor", frames=8, width=160, height=120, seed=0, progress=False)
+    aug = A.AugmentParams(relight=0.9)
+    lit = SceneDataset(tmp_path / "s", "train_sim", augment=True, aug=aug, load_normals=False)
+    base = SceneDataset(tmp_path / "s", "train_sim", augment=True, aug=A.AugmentParams(), load_normals=False)
+    assert "normals" not in lit[0]  # read for relighting, not returned
+    torch.manual_seed(5)
+    a = lit[1]
+    torch.manual_seed(5)
+    b = base[1]
+    for key in ("pose", "K", "coords", "mask"):
+        assert torch.equal(a[key], b[key]), key
+    assert (a["image"] - b["image"]).abs().mean() > 0.01
+    for p in (tmp_path / "s" / "train_sim" / "normal").iterdir():
+        p.unlink()
+    (tmp_path / "s" / "train_sim" / "normal").rmdir()
+    bare = SceneDataset(tmp_path / "s", "train_sim", augment=True, aug=aug, load_normals=False)
+    torch.manual_seed(5)
+    c = bare[1]
+    assert torch.equal(c["image"], b["image"])
+
+
+def test_shadow_darkens_inside_the_polygon_only():
+    image = np.full((1, 40, 40), 0.8, np.float32)
+    square = np.array([[0.25, 0.25], [0.75, 0.25], [0.75, 0.75], [0.25, 0.75]])  # counter-clockwise in (x, y)
+    out = A.apply_shadow(image, square, darkness=0.5, softness=0.01)
+    assert np.isclose(out[0, 20, 20], 0.4)                      # inside: 1 - darkness
+    assert np.isclose(out[0, 2, 2], 0.8) and np.isclose(out[0, 20, 38], 0.8)
+    # the left edge is at x = 10 px; pixel 10's centre lies 0.5 px inside it. With a 2 px ramp
+    # (softness 0.05 of 40 px) it is 3/4 of the way in: 0.8 * (1 - 0.5 * 0.75)
+    soft = A.apply_shadow(image, square, darkness=0.5, softness=0.05)
+    assert np.isclose(soft[0, 20, 10], 0.5) and np.isclose(soft[0, 20, 9], 0.8 * (1 - 0.5 * 0.25))
+    # drawn shadows are valid convex polygons (any vertex order the sampler makes)
+    params = A.AugmentParams(shadow=1.0)
+    for seed in range(20):
+        vertices, darkness, softness = A.sample_augmentation(params, torch.Generator().manual_seed(seed))["shadow"]
+        centre = vertices.mean(axis=0)
+        out = A.apply_shadow(np.ones((1, 50, 50), np.float32), vertices, darkness, 1e-6)
+        cx, cy = int(centre[0] * 50), int(centre[1] * 50)
+        if 0 <= cx < 50 and 0 <= cy < 50:
+            assert np.isclose(out[0, cy, cx], 1 - darkness, atol=1e-5)
+        assert 0.3 <= darkness <= 0.8 and 3 <= len(vertices) <= 5
+    assert not {"shadow", "camera"} & set(A.sample_augmentation(A.AugmentParams()))  # off: nothing drawn
+
+
+def test_camera_effects_each_term():
+    flat = np.full((1, 30, 40), 0.5, np.float32)
+    assert np.array_equal(A.camera_effects(flat), flat)
+    # blur keeps a flat image flat and spreads an edge
+    assert np.allclose(A.camera_effects(flat, blur_px=1.0), 0.5)
+    edge = np.zeros((1, 30, 40), np.float32)
+    edge[:, :, 20:] = 1.0
+    blurred = A.camera_effects(edge, blur_px=1.0)
+    assert 0.05 < blurred[0, 15, 19] < 0.5 < blurred[0, 15, 20] < 0.95
+    # vignetting: the centre stays, the corners darken by about vignette / 2 * r^2 (r^2 ~ 2)
+    vig = A.camera_effects(flat, vignette=0.3)
+    assert abs(vig[0, 15, 20] - 0.5) < 0.01 and abs(vig[0, 0, 0] - 0.5 * (1 - 0.3)) < 0.02
+    assert np.isclose(A.camera_effects(flat, gamma=2.0)[0, 0, 0], 0.25)
+    noisy = A.camera_effects(flat, noise=0.05, seed=3)
+    assert abs(noisy.std() - 0.05) < 0.005 and np.array_equal(noisy, A.camera_effects(flat, noise=0.05, seed=3))
+    for bad in (-0.1, 1.5):
+        with pytest.raises(ValueError, match="camera"):
+            A.AugmentParams(camera=bad)
+        with pytest.raises(ValueError, match="shadow"):
+            A.AugmentParams(shadow=bad)

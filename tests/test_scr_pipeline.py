@@ -141,3 +141,24 @@ def test_photometric_augmentation_flags_reach_the_dataset(scene, capsys):
     with pytest.raises(SystemExit):
         cli.train_init_parser().parse_args([str(scene / "pair"), "x.net", "--aug_contrast", "1.5"])
     assert "--aug_contrast must be in [0, 1), got 1.5" in capsys.readouterr().err
+
+
+def test_sim_to_real_augmentation_flags_reach_the_dataset(scene, capsys):
+    from transpose.train import transfer
+    from transpose.train.scr import build_dataset
+
+    flags = ["--aug_relight", "0.5", "--aug_shadow", "0.25", "--aug_camera", "1"]
+    args = cli.train_init_parser().parse_args([str(scene / "pair"), "x.net", *flags])
+    aug = build_dataset(cli._init_config_from_args(args)).aug
+    assert (aug.relight, aug.shadow, aug.camera) == (0.5, 0.25, 1.0)
+    # the sim-to-real trainer (several sections) takes them too
+    args = cli.train_init_parser().parse_args([str(scene / "pair"), "x.net", "--section", "train_sim,train_real",
+                                               *flags])
+    cfg = transfer.config_from_args(args)
+    assert (cfg.aug_relight, cfg.aug_shadow, cfg.aug_camera) == (0.5, 0.25, 1.0)
+    for flag, value, message in (("--aug_relight", "1", "--aug_relight must be in [0, 1), got 1"),
+                                 ("--aug_shadow", "1.5", "--aug_shadow must be in [0, 1], got 1.5"),
+                                 ("--aug_camera", "strong", "--aug_camera must be a number, got 'strong'")):
+        with pytest.raises(SystemExit):
+            cli.train_init_parser().parse_args([str(scene / "pair"), "x.net", flag, value])
+        assert message in capsys.readouterr().err

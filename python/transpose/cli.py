@@ -47,14 +47,22 @@ def _positive(kind: Callable, name: str) -> Callable:
     return parse
 
 
-def _fraction(name: str) -> Callable:
-    """argparse type: a float in [0, 1)."""
+def _fraction(name: str, closed: bool = False) -> Callable:
+    """argparse type: a float in [0, 1) (``closed``: [0, 1])."""
     def parse(text: str) -> float:
-        value = float(text)
-        if not 0.0 <= value < 1.0:
-            raise argparse.ArgumentTypeError(f"{name} must be in [0, 1), got {text}")
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name} must be a number, got '{text}'") from None
+        if not (0.0 <= value <= 1.0 if closed else 0.0 <= value < 1.0):
+            raise argparse.ArgumentTypeError(f"{name} must be in [0, 1{']' if closed else ')'}, got {text}")
         return value
     return parse
+
+
+def _unit(name: str) -> Callable:
+    """argparse type: a float in [0, 1]."""
+    return _fraction(name, closed=True)
 
 
 # --------------------------------------------------------------------------- train_init
@@ -104,6 +112,14 @@ def train_init_parser() -> argparse.ArgumentParser:
                    help="random brightness factor 1 +- this, in [0, 1) (default DSAC*'s 0.1)")
     p.add_argument("--aug_contrast", type=_fraction("--aug_contrast"), default=0.1,
                    help="random contrast factor 1 +- this, in [0, 1) (default DSAC*'s 0.1)")
+    p.add_argument("--aug_relight", type=_fraction("--aug_relight"), default=0.0,
+                   help="strength in [0, 1) of random directional shading from the frames' normal maps "
+                   "(frames without normal/ are left as they are; default 0: off)")
+    p.add_argument("--aug_shadow", type=_unit("--aug_shadow"), default=0.0,
+                   help="probability in [0, 1] of a random soft-edged shadow polygon per frame (default 0)")
+    p.add_argument("--aug_camera", type=_unit("--aug_camera"), default=0.0,
+                   help="strength in [0, 1] of random lens blur (up to 0.8 px), vignetting, tone curve and "
+                   "sensor noise (default 0: off)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--checkpoint_every", type=_positive(int, "--checkpoint_every"), default=1000)
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in <network>")
@@ -144,7 +160,8 @@ def _init_config_from_args(args: argparse.Namespace):
         sparse=args.sparse, uncertainty=args.uncertainty, nll_weight=args.nll_weight, width=args.width,
         norm=args.norm, clusters=args.clusters, tiny=args.tiny, image_height=args.image_height, augment=not args.no_augment,
         aug_scale=tuple(args.aug_scale), aug_rotation=args.aug_rotation,
-        aug_brightness=args.aug_brightness, aug_contrast=args.aug_contrast, init=args.init, seed=args.seed,
+        aug_brightness=args.aug_brightness, aug_contrast=args.aug_contrast, aug_relight=args.aug_relight,
+        aug_shadow=args.aug_shadow, aug_camera=args.aug_camera, init=args.init, seed=args.seed,
         checkpoint_every=args.checkpoint_every, resume=args.resume, max_minutes=args.max_minutes,
         num_workers=args.workers, cache_mb=args.cache_mb, device=args.device, logdir=args.logdir, root=args.root)
 

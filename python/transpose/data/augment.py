@@ -44,6 +44,9 @@ class AugmentParams:
     rotation_deg: float = 30.0
     brightness: float = 0.1
     contrast: float = 0.1
+    relight: float = 0.0  # strength of random directional shading from the frame's normals (0: off)
+    shadow: float = 0.0   # probability of a random soft-edged shadow polygon (0: off)
+    camera: float = 0.0   # strength of random lens blur, vignetting, gamma and sensor noise (0: off)
 
     def __post_init__(self) -> None:
         if not (0 < self.scale_min <= self.scale_max):
@@ -53,22 +56,137 @@ class AugmentParams:
             raise ValueError("augmentation rotation, brightness and contrast must be >= 0")
         if self.brightness >= 1 or self.contrast >= 1:
             raise ValueError("augmentation brightness and contrast must be < 1 (factors 1 +- value)")
+        if not 0 <= self.relight < 1:
+            raise ValueError(f"augmentation relight must be in [0, 1), got {self.relight}")
+        if not 0 <= self.shadow <= 1:
+            raise ValueError(f"augmentation shadow must be a probability in [0, 1], got {self.shadow}")
+        if not 0 <= self.camera <= 1:
+            raise ValueError(f"augmentation camera must be in [0, 1], got {self.camera}")
 
 
 def sample_augmentation(params: AugmentParams, generator: Optional[torch.Generator] = None) -> dict:
-    """Draw one augmentation: ``{'scale', 'angle_deg', 'brightness', 'contrast'}``.
+    """Draw one augmentation: ``{'scale', 'angle_deg', 'brightness', 'contrast'}``, plus
+    ``'relight'`` (strength) and ``'light'`` (unit direction ``(3,)``) when ``params.relight > 0``,
+    ``'shadow'`` (``(vertices (n, 2)`` in image fractions, darkness, softness) or None) when
+    ``params.shadow > 0``, and ``'camera'`` (the arguments of :func:`camera_effects`) when
+    ``params.camera > 0``.
 
     Uses torch's RNG so that DataLoader workers (seeded per worker by torch) draw different values.
-    Scale is drawn log-uniformly so zooming in and out are equally likely.
+    Scale is drawn log-uniformly so zooming in and out are equally likely. With relighting, shadows
+    and camera effects off, the draws are those of earlier versions (same seed, same augmentation).
     """
     u = torch.rand(4, generator=generator, dtype=torch.float64).tolist()
     log_lo, log_hi = math.log(params.scale_min), math.log(params.scale_max)
-    return {
+    out = {
         "scale": math.exp(log_lo + (log_hi - log_lo) * u[0]),
         "angle_deg": (2.0 * u[1] - 1.0) * params.rotation_deg,
         "brightness": 1.0 + (2.0 * u[2] - 1.0) * params.brightness,
         "contrast": 1.0 + (2.0 * u[3] - 1.0) * params.contrast,
     }
+    if params.relight > 0:
+        light = torch.randn(3, generator=generator, dtype=torch.float64)
+        out["light"] = (light / light.norm().clamp_min(1e-12)).numpy()
+        out["relight"] = float(torch.rand((), generator=generator, dtype=torch.float64)) * params.relight
+    if params.shadow > 0:
+        v = torch.rand(10, generator=generator, dtype=torch.float64).tolist()
+        out["shadow"] = None
+        if v[0] < params.shadow:
+            # a convex polygon of 3-5 vertices on a circle around a random point of the image
+            n = 3 + int(v[1] * 3)
+            angles = np.sort(np.asarray(v[2:2 + n]) * 2 * math.pi)
+            radius = 0.25 + 0.5 * v[7]
+            centre = np.array([v[8], v[9]])
+            vertices = centre + radius * np.stack([np.cos(angles), np.sin(angles)], axis=1)
+            w = torch.rand(2, generator=generator, dtype=torch.float64).tolist()
+            out["shadow"] = (vertices, 0.3 + 0.5 * w[0], 0.005 + 0.03 * w[1])
+    if params.camera > 0:
+        c = torch.rand(4, generator=generator, dtype=torch.float64).tolist()
+        out["camera"] = {"blur_px": 0.8 * params.camera * c[0], "vignette": 0.35 * params.camera * c[1],
+                         "gamma": math.exp(0.3 * params.camera * (2 * c[2] - 1)),
+                         "noise": 0.02 * params.camera * c[3],
+                         "seed": int(torch.randint(0, 2 ** 31 - 1, (), generator=generator))}
+    return out
+
+
+def apply_shadow(image: np.ndarray, vertices: np.ndarray, darkness: float, softness: float) -> np.ndarray:
+    """Darken ``image (C, H, W)`` inside a convex polygon: ``vertices (n, 2)`` as (x, y) fractions of the
+    image width and height, in counter-clockwise order of angle; the factor is ``1 - darkness`` inside,
+    ramping over ``softness`` (a fraction of the image width) across the border.
+
+    A cast shadow of something outside the view, or of a surface the renderer never shadowed:
+    renders with one fixed lighting have none where photos have many.
+    """
+    C, H, W = image.shape
+    x = (np.arange(W, dtype=np.float32) + 0.5) / W
+    y = (np.arange(H, dtype=np.float32) + 0.5) / H
+    px, py = np.meshgrid(x * W, y * H)
+    v = np.asarray(vertices, dtype=np.float64) * np.array([W, H])
+    inside = np.full((H, W), np.inf, np.float32)
+    for k in range(len(v)):
+        (x0, y0), (x1, y1) = v[k], v[(k + 1) % len(v)]
+        length = math.hypot(x1 - x0, y1 - y0)
+        if length == 0:
+            continue
+        # signed distance to the edge's line, positive on the polygon's side (counter-clockwise order)
+        d = ((x1 - x0) * (py - y0) - (y1 - y0) * (px - x0)) / length
+        inside = np.minimum(inside, d.astype(np.float32))
+    ramp = np.clip(inside / max(softness * W, 1e-6) + 0.5, 0.0, 1.0)
+    return (image * (1.0 - darkness * ramp)[None]).astype(np.float32, copy=False)
+
+
+def camera_effects(image: np.ndarray, blur_px: float = 0.0, vignette: float = 0.0, gamma: float = 1.0,
+                   noise: float = 0.0, seed: int = 0) -> np.ndarray:
+    """What a camera adds to a clean render of ``image (C, H, W)`` in ``[0, 1]``: Gaussian lens blur
+    (``blur_px`` sigma), vignetting (brightness ``1 - vignette * r^2 / 2`` at normalised radius r),
+    a tone curve ``x ** gamma`` and Gaussian sensor noise of standard deviation ``noise``."""
+    out = np.asarray(image, dtype=np.float32)
+    if blur_px > 0.05:
+        from scipy.ndimage import gaussian_filter
+
+        out = gaussian_filter(out, sigma=(0, blur_px, blur_px), mode="nearest")
+    C, H, W = out.shape
+    if vignette > 0:
+        yy = (np.arange(H, dtype=np.float32) - (H - 1) / 2) / (H / 2)
+        xx = (np.arange(W, dtype=np.float32) - (W - 1) / 2) / (W / 2)
+        out = out * (1.0 - vignette * (yy[:, None] ** 2 + xx[None, :] ** 2) / 2)[None]
+    out = np.clip(out, 0.0, 1.0)
+    if gamma != 1.0:
+        out = out ** np.float32(gamma)
+    if noise > 0:
+        out = out + np.random.default_rng(seed).standard_normal(out.shape, dtype=np.float32) * np.float32(noise)
+    return np.clip(out, 0.0, 1.0).astype(np.float32, copy=False)
+
+
+def relight_image(image: np.ndarray, normals: np.ndarray, light: np.ndarray, strength: float,
+                  stride: int = 8) -> np.ndarray:
+    """Shade ``image (C, H, W)`` in ``[0, 1]`` by a directional light from per-cell ``normals (3, h, w)``.
+
+    Each cell with a normal is multiplied by ``1 - s + 2 s max(0, n . l)``: faces turned towards
+    ``light`` (a unit vector in the normals' frame) brighten, faces turned away darken, by up to
+    ``s = strength``. Cells without a normal (all zeros) keep their grey levels. The gain is
+    interpolated bilinearly between cell centres (cell ``(i, j)`` is centred on pixel ``(stride * j +
+    stride / 2, stride * i + stride / 2)`` as in :func:`transpose.geometry.cell_centers`),
+    so that it changes smoothly inside a surface and across its edges. Why: renders come with one
+    fixed lighting, while photos of the same place are lit from anywhere; shading that follows the
+    scene's geometry is what global brightness jitter cannot teach.
+    """
+    C, H, W = image.shape
+    n = np.asarray(normals, dtype=np.float32)
+    has = np.abs(n).sum(axis=0) > 0
+    lambert = np.clip(np.tensordot(np.asarray(light, dtype=np.float32), n, axes=1), 0.0, None)
+    gain = np.where(has, 1.0 - strength + 2.0 * strength * lambert, 1.0).astype(np.float32)
+
+    def taps(size: int, cells: int):
+        x = np.clip((np.arange(size, dtype=np.float32) - stride / 2) / stride, 0, cells - 1)
+        i0 = np.floor(x).astype(np.int64)
+        i1 = np.minimum(i0 + 1, cells - 1)
+        return i0, i1, (x - i0).astype(np.float32)
+
+    r0, r1, fr = taps(H, gain.shape[0])
+    c0, c1, fc = taps(W, gain.shape[1])
+    rows = gain[r0] * (1 - fr)[:, None] + gain[r1] * fr[:, None]           # (H, w)
+    full = rows[:, c0] * (1 - fc)[None, :] + rows[:, c1] * fc[None, :]     # (H, W)
+    return np.clip(image * full[None], 0.0, 1.0).astype(np.float32, copy=False)
 
 
 def rotation_z(angle_deg: float) -> np.ndarray:

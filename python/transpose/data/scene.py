@@ -30,8 +30,8 @@ from torch.utils.data import Dataset
 
 from .. import geometry
 from . import layout
-from .augment import (AugmentParams, adjust_brightness_contrast, map_points, sample_augmentation,
-                      sample_nearest, view_transform, warp_image)
+from .augment import (AugmentParams, adjust_brightness_contrast, apply_shadow, camera_effects, map_points,
+                      relight_image, sample_augmentation, sample_nearest, view_transform, warp_image)
 
 __all__ = ["SceneDataset", "SCR_MEAN", "SCR_STD", "IMAGENET_MEAN", "IMAGENET_STD", "map_stride"]
 
@@ -152,9 +152,11 @@ class SceneDataset(Dataset):
         self.calibration_paths = [calibs[k] for k in keys]
         self.init_paths = [inits.get(k) for k in keys]
         self.depth_paths = [depths.get(k) for k in keys] if (load_depth or targets == "depth") else [None] * len(keys)
-        self.normal_paths = [normals.get(k) for k in keys] if load_normals else [None] * len(keys)
+        # relighting reads normals even when the items do not return them
+        read_normals = load_normals or (self.augment and self.aug.relight > 0)
+        self.normal_paths = [normals.get(k) for k in keys] if read_normals else [None] * len(keys)
         self.has_depth = bool(depths) and all(p is not None for p in self.depth_paths)
-        self.has_normals = bool(normals) and all(p is not None for p in self.normal_paths)
+        self.has_normals = load_normals and bool(normals) and all(p is not None for p in self.normal_paths)
         if not cache_mb >= 0:
             raise ValueError(f"cache_mb must be >= 0, got {cache_mb}")
         self.cache_bytes = int(cache_mb * 2 ** 20)
@@ -226,6 +228,21 @@ class SceneDataset(Dataset):
         # per-item pixel work in numpy (single-threaded): torch's intra-op threads thrash when
         # several DataLoader workers or processes share a few cores
         image = _resample_image(raw, view.M, (H, W), view.size, scale)
+        # cell centres of the output image, and the input pixel on the same ray
+        h_c, w_c = -(-H_out // self.stride), -(-W_out // self.stride)
+        cells_in = map_points(view.M, geometry.cell_centers(h_c, w_c, self.stride))  # (h_c, w_c, 2)
+        n_out = None
+        if self.normal_paths[index] is not None:
+            path = self.normal_paths[index]
+            normal = self._read("normal", path, layout.read_normals)
+            n_stride = map_stride((H, W), normal.shape[1:], str(path))
+            n_out, _ = sample_nearest(np.nan_to_num(normal), cells_in, n_stride, labelled_cells(normal))
+        if params.get("relight", 0.0) > 0 and n_out is not None:
+            image = relight_image(image, n_out, params["light"], params["relight"], self.stride)
+        if params.get("shadow") is not None:
+            image = apply_shadow(image, *params["shadow"])
+        if params.get("camera") is not None:
+            image = camera_effects(image, **params["camera"])
         image = adjust_brightness_contrast(image, params["brightness"], params["contrast"])
         mean = np.asarray(self.mean, dtype=np.float32)[:, None, None]
         inv_std = (1.0 / np.asarray(self.std, dtype=np.float32))[:, None, None]
@@ -236,10 +253,6 @@ class SceneDataset(Dataset):
             "name": key,
             "index": index,
         }
-
-        # cell centres of the output image, and the input pixel on the same ray
-        h_c, w_c = -(-H_out // self.stride), -(-W_out // self.stride)
-        cells_in = map_points(view.M, geometry.cell_centers(h_c, w_c, self.stride))  # (h_c, w_c, 2)
 
         depth = None
         if self.depth_paths[index] is not None:
@@ -268,11 +281,6 @@ class SceneDataset(Dataset):
                 d_out = d_out[0]
             item["depth"] = torch.from_numpy(np.ascontiguousarray(d_out, dtype=np.float32))
         if self.has_normals:
-            path = self.normal_paths[index]
-            normal = self._read("normal", path, layout.read_normals)
-            n_stride = map_stride((H, W), normal.shape[1:], str(path))
-            ok = labelled_cells(normal)
-            n_out, _ = sample_nearest(np.nan_to_num(normal), cells_in, n_stride, ok)
             item["normals"] = torch.from_numpy(np.ascontiguousarray(n_out, dtype=np.float32))
         return item
 

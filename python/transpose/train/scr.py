@@ -46,6 +46,9 @@ class InitConfig:
     aug_rotation: float = 30.0      # in-plane rotation, +- degrees (DSAC*)
     aug_brightness: float = 0.1     # brightness factor 1 +- this (DSAC*)
     aug_contrast: float = 0.1       # contrast factor 1 +- this (DSAC*)
+    aug_relight: float = 0.0        # random directional shading from normal maps (0: off)
+    aug_shadow: float = 0.0         # probability of a random shadow polygon (0: off)
+    aug_camera: float = 0.0         # random blur, vignetting, tone curve, noise (0: off)
     seed: int = 0
     checkpoint_every: int = 1000
     log_every: int = 10
@@ -97,7 +100,8 @@ def build_dataset(cfg: InitConfig, section: Optional[str] = None, output_size: O
     if output_size is None and cfg.batch_size > 1:
         output_size = output_size_for(scene_dir, section, cfg.image_height)
     aug = AugmentParams(scale_min=cfg.aug_scale[0], scale_max=cfg.aug_scale[1], rotation_deg=cfg.aug_rotation,
-                        brightness=cfg.aug_brightness, contrast=cfg.aug_contrast)
+                        brightness=cfg.aug_brightness, contrast=cfg.aug_contrast, relight=cfg.aug_relight,
+                        shadow=cfg.aug_shadow, camera=cfg.aug_camera)
     return SceneDataset(scene_dir, section, mode="scr", augment=cfg.augment, aug=aug, image_height=cfg.image_height,
                         output_size=output_size, targets=targets, root=cfg.root, load_depth=False,
                         load_normals=load_normals, cache_mb=cfg.cache_mb)
