@@ -2,6 +2,7 @@
 import math
 
 import numpy as np
+import pytest
 import torch
 
 from transpose import cli
@@ -172,3 +173,131 @@ def test_uncertain_cluster_network_is_weighted_by_default(tmp_path):
     assert cli._run("test", [str(tmp_path / "s"), str(net), "--section", "train_sim", "--out", str(tmp_path / "r")]) == 0
     settings = json.loads((tmp_path / "r" / "results.json").read_text())["settings"]
     assert settings["ransac"]["uncertainty"] == "weight"
+
+
+# --------------------------------------------------------------------------- closed-form offset readout
+
+def test_pca_basis_gives_unit_variance_uncorrelated_projections():
+    from transpose.train.readout import pca_basis
+
+    g = torch.Generator().manual_seed(0)
+    mixing = torch.randn(6, 6, generator=g)
+    x = torch.randn(5000, 6, generator=g) @ mixing + 3.0
+    mean, basis = pca_basis(x, 4)
+    z = (x - mean) @ basis
+    cov = (z.T @ z / (len(z) - 1)).double()
+    assert torch.allclose(cov, torch.eye(4, dtype=torch.float64), atol=1e-3)
+    assert torch.allclose(mean, x.mean(0), atol=1e-5)
+    # the leading directions: the projections keep more variance than any other 4 directions
+    evals = torch.linalg.eigvalsh(torch.cov(x.T.double())).flip(0)
+    kept = (basis.double() / basis.double().norm(dim=0)).T @ torch.cov(x.T.double()) @ (basis.double() / basis.double().norm(dim=0))
+    assert abs(kept.trace().item() - evals[:4].sum().item()) < 1e-3 * evals.sum().item()
+
+
+def test_readout_system_recovers_linear_offsets_and_matches_the_ridge_formula():
+    from transpose.train.readout import ReadoutSystem
+
+    g = torch.Generator().manual_seed(1)
+    true_w = torch.randn(3, 5, 3, generator=g)                # 3 clusters, 4 features + bias
+    z = torch.randn(600, 4, generator=g)
+    labels = torch.arange(600) % 3
+    y = torch.einsum("nd,ndc->nc", torch.cat([z, torch.ones(600, 1)], 1), true_w[labels])
+    system = ReadoutSystem(4, 4)                               # cluster 3 never seen
+    system.add(z, y, labels, chunk=128)
+    w, rms_before, rms_after = system.solve(ridge=0.0)
+    assert torch.allclose(w[:3], true_w, atol=1e-4) and w[3].abs().max() == 0
+    assert rms_after < 1e-4 < rms_before
+    assert abs(rms_before - y.pow(2).sum(1).mean().sqrt().item()) < 1e-5
+
+    # one feature, two cells: slope = sum(z y) / (sum(z^2) + ridge), the bias is not penalised
+    one = ReadoutSystem(1, 1)
+    one.add(torch.tensor([[1.0], [-1.0]]), torch.tensor([[2.0, 0.0, 0.0], [-2.0, 0.0, 0.0]]) + 0.5, torch.tensor([0, 0]))
+    w, _, rms_after = one.solve(ridge=2.0)
+    assert torch.allclose(w[0, :, 0], torch.tensor([1.0, 0.5]), atol=1e-6)   # slope 4 / (2 + 2), bias 0.5
+    assert abs(rms_after - math.sqrt(((2 - 1) ** 2 + (-2 + 1) ** 2) / 2)) < 1e-6
+
+
+def test_network_readout_decodes_round_trips_and_clears():
+    net = SCRNet(width=0.25, num_clusters=8)
+    net.cluster_centers.copy_(torch.arange(24, dtype=torch.float32).view(8, 3))
+    image = torch.randn(1, 1, 32, 48)
+    before, _ = net(image)
+    g = torch.Generator().manual_seed(0)
+    C = net.fc3.in_channels
+    mean, basis, weights = torch.randn(C, generator=g), torch.randn(C, 5, generator=g), torch.randn(8, 6, 3, generator=g)
+    net.set_readout(mean, basis, weights)
+    coords, _ = net(image)
+    logits, _ = net.cluster_outputs()
+    x = net.head_features(net.encode(image))[0]                # (C, h, w)
+    k = logits[0].argmax(0)
+    z = torch.einsum("chw,cd->hwd", x - mean.view(-1, 1, 1), basis)
+    offset = torch.einsum("hwd,hwdc->hwc", torch.cat([z, torch.ones(*z.shape[:2], 1)], -1), weights[k])
+    expected = (net.cluster_centers[k] + offset).permute(2, 0, 1)
+    assert torch.allclose(coords[0], expected, atol=1e-4)
+    assert net.options()["readout_dim"] == 5
+
+    clone = SCRNet.from_options(net.options())                 # no readout yet: the state dict brings it
+    clone.load_state_dict(net.state_dict())
+    assert clone.has_readout and torch.equal(clone(image)[0], coords)
+    net.clear_readout()
+    assert not net.has_readout and torch.equal(net(image)[0], before) and net.options()["readout_dim"] == 0
+    assert "readout_weights" not in net.state_dict()
+    for bad in ((mean, basis, weights[:4]), (mean[:3], basis, weights), (mean, basis, weights[:, :5])):
+        try:
+            net.set_readout(*bad)
+        except ValueError as exc:
+            assert "readout shapes" in str(exc)
+        else:
+            raise AssertionError("a readout of the wrong shape must raise")
+    try:
+        SCRNet(width=0.25).set_readout(mean, basis, weights)
+    except ValueError as exc:
+        assert "cluster network" in str(exc)
+    else:
+        raise AssertionError("a regression network cannot take a readout")
+
+
+def test_train_init_readout_lowers_the_coordinate_error(tmp_path, capsys):
+    from transpose.data.scene import SceneDataset
+    from transpose.data.synthetic import render_scene
+    from transpose.train.scr import load_network
+
+    render_scene(tmp_path / "s", "indoor", frames=8, width=96, height=64, seed=0, progress=False)
+    net_path = tmp_path / "r.net"
+    args = [str(tmp_path / "s"), str(net_path), "--section", "train_sim", "--clusters", "32", "--iterations", "200",
+            "--width", "0.25", "--learningrate", "2e-3", "--aug_scale", "0.9", "1.1", "--aug_rotation", "5",
+            "--seed", "0", "--readout", "2", "--readout_dim", "8"]
+    assert cli._run("train_init", args) == 0
+    net, options = load_network(net_path)
+    assert net.has_readout and options["readout_dim"] == 8 and options["readout"]["passes"] == 2
+    stats = options["readout"]
+    assert stats["cells"] > 6 * 8 * 12 and stats["rms_after"] < 0.8 * stats["rms_before"]
+
+    data = SceneDataset(tmp_path / "s", "train_sim", mode="scr", targets="depth", load_normals=False)
+
+    def median_error(model):
+        errors = []
+        for item in (data[i] for i in range(len(data))):
+            with torch.no_grad():
+                coords, _ = model(item["image"][None])
+            errors.append((coords[0] - item["coords"]).norm(dim=0)[item["mask"]])
+        return torch.cat(errors).median().item()
+
+    with_readout = median_error(net)
+    net.clear_readout()
+    assert with_readout < 0.8 * median_error(net)
+
+    # --resume of the finished run loads the readout from the checkpoint and fits it again
+    assert cli._run("train_init", args + ["--resume"]) == 0
+    again, _ = load_network(net_path)
+    assert again.has_readout
+    capsys.readouterr()
+    assert cli._run("train_init", [str(tmp_path / "s"), str(tmp_path / "x.net"), "--section", "train_sim",
+                                   "--iterations", "2", "--readout", "2"]) == 2
+    assert "--readout needs a cluster network" in capsys.readouterr().err
+    for flag, value, message in (("--readout", "two", "--readout must be an integer >= 0, got 'two'"),
+                                 ("--readout", "-1", "--readout must be >= 0, got -1"),
+                                 ("--readout_ridge", "-0.5", "--readout_ridge must be >= 0, got -0.5")):
+        with pytest.raises(SystemExit):
+            cli.train_init_parser().parse_args([str(tmp_path / "s"), "x.net", flag, value])
+        assert message in capsys.readouterr().err

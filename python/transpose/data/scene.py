@@ -285,6 +285,18 @@ class SceneDataset(Dataset):
         return item
 
 
+def coordinate_targets(scene: Union[str, Path], section: str, sparse: bool = False,
+                       root: Union[str, Path] = layout.DEFAULT_ROOT) -> str:
+    """The ``targets`` a section's coordinate training and errors use: ``'init'`` with ``sparse``,
+    else ``'depth'`` when the section has depth (exact at any cell centre, where ``init/`` maps can
+    only be looked up at the nearest original cell: up to ~1 px off at a quarter of the resolution),
+    else ``'auto'``."""
+    if sparse:
+        return "init"
+    has_depth = (layout.section_dir(layout.resolve_scene(scene, root), section) / "depth").is_dir()
+    return "depth" if has_depth else "auto"
+
+
 def labelled_cells(values: np.ndarray) -> np.ndarray:
     """``(h, w)`` cells of a ``(3, h, w)`` map that hold a label: finite, not all zeros (DSAC*'s
     "no label") and not all -1 (CrossLoc's own converter marks missing points so)."""

@@ -94,6 +94,11 @@ class SCRNet(nn.Module):
             features alone let the sigma head tell in a short training (measured on the demo's
             test frames: Spearman(sigma, error) 0.28 from the head alone, 0.56 for 1 - p_max).
             Default: on for new cluster networks with uncertainty; off for checkpoints saved before it.
+
+    A cluster network can also carry a *readout* (:meth:`set_readout`, fitted in closed form after
+    training by :func:`transpose.train.readout.fit_cluster_readout`): per cluster, a linear map from
+    the head's features (projected on ``d`` standardised principal components) to the offset from
+    the centre, which then replaces the offset head. It lives in buffers, so checkpoints carry it.
     """
 
     def __init__(self, scene_center: Optional[Sequence[float]] = None, width: float = 1.0,
@@ -131,6 +136,7 @@ class SCRNet(nn.Module):
         self.in_channels = in_channels
         center = torch.zeros(3) if scene_center is None else torch.as_tensor(scene_center, dtype=torch.float32)
         self.register_buffer("scene_center", center.reshape(3).clone())
+        self.clear_readout()
 
     def encode(self, image: torch.Tensor) -> torch.Tensor:
         """Stride-8 features ``(B, C, H/8, W/8)`` of a normalised image ``(B, 1, H, W)``."""
@@ -140,11 +146,15 @@ class SCRNet(nn.Module):
         x = F.relu(self.conv4(x))
         return self.res1(x)
 
-    def decode(self, features: torch.Tensor) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
-        """Coordinates ``(B, 3, h, w)`` and sigma ``(B, 1, h, w)`` (None without uncertainty)."""
+    def head_features(self, features: torch.Tensor) -> torch.Tensor:
+        """The last features ``(B, C, h, w)`` before the output layer (what the readout reads)."""
         x = self.res3(self.res2(features))
         x = F.relu(self.fc1(x))
-        x = F.relu(self.fc2(x))
+        return F.relu(self.fc2(x))
+
+    def decode(self, features: torch.Tensor) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """Coordinates ``(B, 3, h, w)`` and sigma ``(B, 1, h, w)`` (None without uncertainty)."""
+        x = self.head_features(features)
         out = self.fc3(x)
         logits, offsets = out[:, 3:], out[:, :3]
         sigma = None
@@ -155,9 +165,51 @@ class SCRNet(nn.Module):
             sigma = torch.exp(log_sigma.clamp(*LOG_SIGMA_RANGE))
         if self.num_clusters:
             self._last_logits, self._last_offsets = logits, offsets  # read by the training loss
-            centers = self.cluster_centers[logits.argmax(dim=1)].permute(0, 3, 1, 2)
-            return centers + offsets, sigma
+            labels = logits.argmax(dim=1)
+            if self.has_readout:
+                offsets = self.readout_offsets(x, labels)
+            return self.cluster_centers[labels].permute(0, 3, 1, 2) + offsets, sigma
         return out + self.scene_center.view(1, 3, 1, 1), sigma
+
+    # ------------------------------------------------------------------ readout (cluster networks)
+
+    @property
+    def has_readout(self) -> bool:
+        return self.readout_weights is not None
+
+    def set_readout(self, mean: torch.Tensor, basis: torch.Tensor, weights: torch.Tensor) -> None:
+        """Install a fitted readout: feature ``mean (C,)``, projection ``basis (C, d)`` and per-cluster
+        weights ``(K, d + 1, 3)`` (the last row is the bias): offset = [(x - mean) basis, 1] weights[k]."""
+        C, K = self.fc3.in_channels, self.num_clusters
+        if not K:
+            raise ValueError("a readout needs a cluster network (num_clusters > 0)")
+        d = basis.shape[-1]
+        if mean.shape != (C,) or basis.shape != (C, d) or weights.shape != (K, d + 1, 3):
+            raise ValueError(f"readout shapes: expected mean ({C},), basis ({C}, d), weights ({K}, d + 1, 3); got "
+                             f"{tuple(mean.shape)}, {tuple(basis.shape)}, {tuple(weights.shape)}")
+        device = self.cluster_centers.device
+        self.readout_mean = mean.detach().float().to(device).clone()
+        self.readout_basis = basis.detach().float().to(device).clone()
+        self.readout_weights = weights.detach().float().to(device).clone()
+
+    def clear_readout(self) -> None:
+        """Drop the readout (coordinates come from the offset head again), e.g. before fine-tuning,
+        which changes the features it was fitted to."""
+        for name in ("readout_mean", "readout_basis", "readout_weights"):
+            self.register_buffer(name, None)
+
+    def readout_offsets(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Offsets ``(B, 3, h, w)`` of the readout for head features ``x (B, C, h, w)`` and cluster
+        ``labels (B, h, w)``."""
+        z = torch.einsum("bchw,cd->bhwd", x - self.readout_mean.view(1, -1, 1, 1), self.readout_basis)
+        w = self.readout_weights[labels]                                   # (B, h, w, d + 1, 3)
+        return (torch.einsum("bhwd,bhwdk->bkhw", z, w[..., :-1, :]) + w[..., -1, :].permute(0, 3, 1, 2))
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # a state dict with a readout brings its shapes: make the buffers before torch copies into them
+        if prefix + "readout_weights" in state_dict:
+            self.set_readout(*(state_dict[prefix + n] for n in ("readout_mean", "readout_basis", "readout_weights")))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def cluster_outputs(self) -> Tuple[torch.Tensor, torch.Tensor]:
         """``(logits (B, K, h, w), offsets (B, 3, h, w))`` of the last forward pass (classification head)."""
@@ -183,7 +235,8 @@ class SCRNet(nn.Module):
         return {"width": self.width, "uncertainty": self.uncertainty,
                 "scene_center": [float(v) for v in self.scene_center],
                 "in_channels": self.in_channels, "norm": self.norm, "num_clusters": self.num_clusters,
-                "sigma_confidence": self.sigma_confidence is not None}
+                "sigma_confidence": self.sigma_confidence is not None,
+                "readout_dim": int(self.readout_basis.shape[1]) if self.has_readout else 0}
 
     @classmethod
     def from_options(cls, options: dict) -> "SCRNet":

@@ -38,6 +38,9 @@ class InitConfig:
     width: float = 1.0
     norm: str = "group"
     clusters: int = 0               # K > 0: cluster-classification head (see SCRNet), 0: regression (DSAC*)
+    readout: int = 0                # passes of the closed-form offset readout after training (clusters; 0: off)
+    readout_dim: int = 64           # principal components of the head's features the readout reads
+    readout_ridge: float = 10.0     # its ridge weight
     init: Optional[str] = None      # start from this coordinate checkpoint's weights (fine-tuning)
     tiny: bool = False              # DSAC*'s --tiny: width 0.5
     image_height: Optional[int] = None
@@ -91,12 +94,11 @@ def build_dataset(cfg: InitConfig, section: Optional[str] = None, output_size: O
     """
     from ..data import layout
     from ..data.augment import AugmentParams
-    from ..data.scene import SceneDataset
+    from ..data.scene import SceneDataset, coordinate_targets
 
     section = section or cfg.section
     scene_dir = layout.resolve_scene(cfg.scene, cfg.root)
-    has_depth = (layout.section_dir(scene_dir, section) / "depth").is_dir()
-    targets = "init" if cfg.sparse else ("depth" if has_depth else "auto")
+    targets = coordinate_targets(scene_dir, section, cfg.sparse)
     if output_size is None and cfg.batch_size > 1:
         output_size = output_size_for(scene_dir, section, cfg.image_height)
     aug = AugmentParams(scale_min=cfg.aug_scale[0], scale_max=cfg.aug_scale[1], rotation_deg=cfg.aug_rotation,
@@ -179,6 +181,8 @@ def build_network(cfg: InitConfig, datasets: list) -> SCRNet:
         # an older cluster network with uncertainty (saved before sigma_confidence) gains the term at
         # zero: the same outputs at the start, and the NLL learns it as for a new network
         net.add_sigma_confidence()
+        # a readout was fitted to the features training is about to change (--readout fits a new one)
+        net.clear_readout()
         return net
     poses = torch.cat([torch.as_tensor(d.poses) for d in datasets])
     net = SCRNet(scene_center=poses[:, :3, 3].mean(dim=0), width=cfg.network_width(), uncertainty=cfg.uncertainty,
@@ -227,6 +231,8 @@ def train_init(cfg: InitConfig) -> Dict[str, Any]:
         raise ValueError(f"{dataset.section_dir}: mode {cfg.loss.mode} needs depth/ or init/ targets; "
                          f"use --mode 0 for RGB-only training")
     net = build_network(cfg, [dataset]).to(device)
+    if cfg.readout and not net.num_clusters:
+        raise ValueError("--readout needs a cluster network (--clusters K)")
     optimizer = make_adam(parameter_groups(net, cfg.learningrate))
     scheduler = _scheduler(optimizer, cfg)
 
@@ -242,9 +248,37 @@ def train_init(cfg: InitConfig) -> Dict[str, Any]:
                "train_init": {k: v for k, v in asdict(cfg).items() if k not in ("scene", "out")}}
     loop_cfg = LoopConfig.from_settings(cfg, kind=KIND, options=options, lr_schedule=lr_schedule_for(cfg))
     summary = train_loop(net, optimizer, dataset, step, loop_cfg, scheduler)
+    if cfg.readout:
+        from . import distributed
+
+        # every rank has the same weights after the loop; one fits and writes, the others wait
+        if distributed.is_main_process():
+            summary["readout"] = add_readout(loop_cfg.out, net, dataset, cfg.readout, cfg.readout_dim,
+                                             cfg.readout_ridge, cfg.seed, cfg.progress)
+        distributed.barrier()
     summary["frames"] = len(dataset)
     summary["network"] = net
     return summary
+
+
+def add_readout(path, net, datasets, passes: int, dim: int, ridge: float, seed: int = 0,
+                progress: bool = True) -> Dict[str, Any]:
+    """Fit the closed-form offset readout of ``net`` (an SCRNet or a TransPose network) on ``datasets``
+    (:func:`~transpose.train.readout.fit_cluster_readout`) and store it in the checkpoint at ``path``
+    (atomically; its training state is kept, so ``--resume`` still works). Returns the fit's statistics."""
+    from .. import io
+    from .checkpoint import load_checkpoint
+    from .readout import fit_cluster_readout
+
+    stats = fit_cluster_readout(net, datasets, passes=passes, dim=dim, ridge=ridge, seed=seed, progress=progress)
+    print(f"readout: {stats['cells']} cells, {stats['clusters']} clusters, offset RMS {100 * stats['rms_before']:.1f} "
+          f"-> {100 * stats['rms_after']:.1f} cm on the training cells ({stats['seconds']:.0f} s)")
+    ckpt = load_checkpoint(path, KIND)
+    ckpt["model"] = {k: v.detach().cpu() for k, v in net.state_dict().items()}
+    ckpt["options"] = {**ckpt["options"], **net.options(),
+                       "readout": {"dim": dim, "ridge": ridge, **stats}}
+    io.save_torch(path, ckpt)
+    return stats
 
 
 def _scene_clusters(cfg: InitConfig, datasets: list, per_frame: int = 256) -> torch.Tensor:

@@ -1,0 +1,199 @@
+"""Closed-form readout of a cluster network's offsets (fitted after training, in seconds).
+
+A cluster head (``SCRNet(num_clusters=K)``) says which of K k-means clusters of the scene a cell
+sees; its offset from that cluster's centre barely learns in a CPU budget (an offset jumps at every
+cluster border, a sawtooth the trunk does not fit), so coordinates stay quantised to the centres.
+Yet the head's features do say where in the cluster a cell lies. This module fits, per cluster, a
+ridge regression from those features to the offset, over every labelled cell of the training frames
+(one plain pass and some augmented passes), in closed form: the buffer-and-solve idea of ACE, for
+the last layer only.
+
+Features are first projected on their ``dim`` leading principal components, standardised, so that
+the per-cluster systems stay small ((dim + 1)^2 numbers per cluster, accumulated frame by frame:
+memory does not grow with the number of frames) and the ridge weight ``ridge`` reads as a number of
+pseudo-observations pulling a cluster's map towards zero.
+
+Measured on the demo network (1024 clusters, 160x120 images, 225 training frames, 75 test_sim
+frames): median coordinate error 12.4 -> 5.4 cm, cells within 5 cm 10 -> 47 %, frames within
+5 cm / 5 deg 26.7 -> 41-47 %.
+"""
+from __future__ import annotations
+
+import copy
+import time
+from typing import Any, Dict, Iterable, Optional
+
+import torch
+
+from ..models.scr import SCRNet
+
+#: Default readout settings (also train_init's flag defaults).
+DEFAULT_DIM = 64
+DEFAULT_RIDGE = 10.0
+#: Cells sampled for the principal components (enough for 64 components of a 512-channel head).
+PCA_CELLS = 65536
+
+
+def pca_basis(samples: torch.Tensor, dim: int) -> tuple:
+    """``(mean (C,), basis (C, dim))`` of feature ``samples (N, C)``: the ``dim`` leading principal
+    directions, each divided by the standard deviation along it (projections have unit variance).
+    Directions without variance keep a zero column."""
+    x = samples.double()
+    mean = x.mean(dim=0)
+    cov = (x - mean).T @ (x - mean) / max(len(x) - 1, 1)
+    evals, evecs = torch.linalg.eigh(cov)                  # ascending
+    dim = min(dim, x.shape[1])
+    evals, evecs = evals.flip(0)[:dim], evecs.flip(1)[:, :dim]
+    std = evals.clamp_min(0).sqrt()
+    scale = torch.where(std > 1e-8 * std.max().clamp_min(1e-30), 1.0 / std, torch.zeros_like(std))
+    return mean.float(), (evecs * scale).float()
+
+
+class ReadoutSystem:
+    """Per-cluster normal equations of ``offset = [z, 1] W_k``, accumulated cell by cell.
+
+    Args:
+        num_clusters: K.
+        dim: length of the projected features ``z``.
+    """
+
+    def __init__(self, num_clusters: int, dim: int):
+        self.A = torch.zeros(num_clusters, dim + 1, dim + 1, dtype=torch.float64)
+        self.b = torch.zeros(num_clusters, dim + 1, 3, dtype=torch.float64)
+        self.yy = torch.zeros(num_clusters, dtype=torch.float64)   # sum of squared offsets
+        self.count = torch.zeros(num_clusters, dtype=torch.long)
+
+    def add(self, z: torch.Tensor, offsets: torch.Tensor, labels: torch.Tensor, chunk: int = 2048) -> None:
+        """Add cells: projected features ``z (N, dim)``, target offsets ``(N, 3)``, clusters ``labels (N,)``."""
+        for s in range(0, len(z), chunk):
+            zc = torch.cat([z[s:s + chunk].double(), z.new_ones(len(z[s:s + chunk]), 1, dtype=torch.float64)], 1)
+            y, k = offsets[s:s + chunk].double(), labels[s:s + chunk]
+            self.A.index_add_(0, k, zc[:, :, None] * zc[:, None, :])
+            self.b.index_add_(0, k, zc[:, :, None] * y[:, None, :])
+            self.yy.index_add_(0, k, (y * y).sum(dim=1))
+            self.count.index_add_(0, k, torch.ones_like(k))
+
+    def solve(self, ridge: float) -> tuple:
+        """``(weights (K, dim + 1, 3), rms before, rms after)``: the ridge solution per cluster (no
+        penalty on the bias; zero for clusters without cells) and the root-mean-square offset of the
+        accumulated cells with the centre alone and with the fitted readout."""
+        K, n = self.A.shape[:2]
+        penalty = torch.full((n,), float(ridge), dtype=torch.float64)
+        penalty[-1] = 0.0
+        seen = self.count > 0
+        A = self.A[seen] + torch.diag(penalty) + 1e-9 * torch.eye(n, dtype=torch.float64)
+        W = torch.zeros(K, n, 3, dtype=torch.float64)
+        W[seen] = torch.linalg.solve(A, self.b[seen])
+        # residual sum of squares from the normal equations: y'y - 2 w'b + w'Aw
+        rss = self.yy - 2 * (W * self.b).sum(dim=(1, 2)) + torch.einsum("kic,kij,kjc->k", W, self.A, W)
+        cells = max(int(self.count.sum()), 1)
+        rms_before = float((self.yy.sum() / cells).sqrt())
+        rms_after = float((rss.clamp_min(0).sum() / cells).sqrt())
+        return W.float(), rms_before, rms_after
+
+
+def _cells(model, item: Dict[str, Any], device) -> Optional[tuple]:
+    """``(features (N, C), targets (N, 3))`` of the labelled cells of one dataset item."""
+    if "coords" not in item or not item["mask"].any():
+        return None
+    with torch.no_grad():
+        x = coordinate_network(model).head_features(model.encode(item["image"][None].to(device)))[0]
+    mask = item["mask"].to(device)
+    return x.permute(1, 2, 0)[mask].float().cpu(), item["coords"].to(device).permute(1, 2, 0)[mask].float().cpu()
+
+
+def coordinate_network(model) -> SCRNet:
+    """The SCRNet of ``model``: itself, or the one inside a TransPose network."""
+    return getattr(model, "scr", model)
+
+
+def fit_cluster_readout(model, datasets, passes: int = 4, dim: int = DEFAULT_DIM,
+                        ridge: float = DEFAULT_RIDGE, seed: int = 0, progress: bool = True) -> Dict[str, Any]:
+    """Fit and install the readout (:meth:`SCRNet.set_readout`) of ``model`` on the labelled cells of
+    ``datasets``.
+
+    Args:
+        model: a trained cluster network: an SCRNet, or a TransPose network (features from its
+            ``encode``, so MLR fusion included; the readout goes to its SCRNet). Weights are not changed.
+        datasets: the training SceneDataset, or a list of them (their caches are reused): the first
+            pass reads their frames as they are, the ``passes - 1`` others with their augmentation
+            ranges (one pass only when none of them augments).
+        passes: passes over the frames (>= 1).
+        dim: principal components of the head's features the readout reads.
+        ridge: ridge weight (pseudo-observations per cluster pulling its map to zero).
+        seed: seeds the augmentation draws and the cells sampled for the principal components.
+
+    Returns:
+        ``{'passes', 'cells', 'clusters', 'rms_before', 'rms_after', 'seconds'}``: passes made, training cells used, clusters
+        that had some, and the root-mean-square offset from the centres on those cells, without
+        and with the readout (metres).
+    """
+    net = coordinate_network(model)
+    if not net.num_clusters:
+        raise ValueError("the readout needs a cluster network (train_init --clusters K)")
+    if passes < 1 or dim < 1 or not ridge >= 0:
+        raise ValueError(f"readout: passes and dim must be >= 1 and ridge >= 0, got {passes}, {dim}, {ridge}")
+    datasets = list(datasets) if isinstance(datasets, (list, tuple)) else [datasets]
+    if not any(d.augment for d in datasets):
+        passes = 1  # trained without augmentation: further passes would repeat the first
+    t0 = time.time()
+    device = net.cluster_centers.device
+    was_training = model.training
+    model.eval()
+    plain = [_with_augment(d, False) for d in datasets]
+    augmented = [_with_augment(d, True) for d in datasets]
+    centers = net.cluster_centers.float().cpu()
+    g = torch.Generator().manual_seed(seed)
+    try:
+        # principal components from a sample of cells of (up to) 256 plain frames, evenly spread
+        frames = [(d, i) for d in plain for i in range(len(d))]
+        picks = torch.linspace(0, len(frames) - 1, min(len(frames), 256)).round().long().unique().tolist()
+        per_frame = max(1, PCA_CELLS // len(picks))
+        samples = []
+        for j in _progress(picks, "readout: features", progress):
+            d, i = frames[j]
+            cells = _cells(model, d[i], device)
+            if cells is not None:
+                samples.append(cells[0][torch.randperm(len(cells[0]), generator=g)[:per_frame]])
+        if not samples:
+            raise ValueError(f"{datasets[0].section_dir}: no labelled cells to fit the readout on")
+        mean, basis = pca_basis(torch.cat(samples), dim)
+        system = ReadoutSystem(net.num_clusters, basis.shape[1])
+        saved_rng = torch.random.get_rng_state()
+        torch.manual_seed(seed)  # augmentation draws (sample_augmentation uses torch's RNG)
+        try:
+            for p in range(passes):
+                source = [(d, i) for d in (plain if p == 0 else augmented) for i in range(len(d))]
+                for d, i in _progress(source, f"readout: pass {p + 1}/{passes}", progress):
+                    cells = _cells(model, d[i], device)
+                    if cells is None:
+                        continue
+                    x, target = cells
+                    labels = torch.cdist(target, centers).argmin(dim=1)
+                    system.add((x - mean) @ basis, target - centers[labels], labels)
+        finally:
+            torch.random.set_rng_state(saved_rng)
+        weights, rms_before, rms_after = system.solve(ridge)
+        net.set_readout(mean, basis, weights)
+    finally:
+        model.train(was_training)
+    return {"passes": passes, "cells": int(system.count.sum()), "clusters": int((system.count > 0).sum()),
+            "rms_before": rms_before, "rms_after": rms_after, "seconds": time.time() - t0}
+
+
+def _with_augment(dataset, augment: bool):
+    """A shallow copy of a SceneDataset with augmentation on or off (the frame cache is shared)."""
+    view = copy.copy(dataset)
+    view.augment = augment
+    return view
+
+
+def _progress(items: Iterable, desc: str, enabled: bool):
+    if not enabled:
+        return items
+    from tqdm import tqdm
+
+    return tqdm(items, desc=desc, unit="frame", dynamic_ncols=True, mininterval=1.0, leave=False)
+
+
+__all__ = ["fit_cluster_readout", "coordinate_network", "pca_basis", "ReadoutSystem", "DEFAULT_DIM", "DEFAULT_RIDGE"]
