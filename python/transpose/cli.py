@@ -390,8 +390,8 @@ def demo_parser() -> argparse.ArgumentParser:
     p.add_argument("--root", default="datasets")
     p.add_argument("--scene", default="synthetic_indoor")
     p.add_argument("--out", default="output/demo", help="where the network, results and figures go")
-    p.add_argument("--minutes", type=float, default=10.5,
-                   help="training budget in minutes (default 10.5; the readout fit takes ~30 s more)")
+    p.add_argument("--minutes", type=float, default=10.0,
+                   help="training budget in minutes (default 10; the readout fit takes ~30 s more)")
     p.add_argument("--iterations", type=int, default=12000,
                    help="training iterations (default 12000; the --minutes budget ends it first on 2 cores)")
     # 160x120 images: a quarter of the cost of 320x240 per step, so four times the steps in the same
