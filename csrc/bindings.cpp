@@ -105,6 +105,8 @@ RansacOptions options_from(const py::dict& d) {
     else if (key == "refine") o.refine = py::cast<bool>(v);
     else if (key == "refine_rounds") o.refine_rounds = py::cast<int>(v);
     else if (key == "lm_iterations") o.lm_iterations = py::cast<int>(v);
+    else if (key == "robust_scale") o.robust_scale = py::cast<double>(v);
+    else if (key == "robust_rounds") o.robust_rounds = py::cast<int>(v);
     else if (key == "training") o.training = py::cast<bool>(v);
     else if (key == "refine_all") o.refine_all = py::cast<bool>(v);
     else if (key == "seed") o.seed = py::cast<uint64_t>(v);
@@ -116,7 +118,8 @@ RansacOptions options_from(const py::dict& d) {
   }
   if (check_options(o) != kOk)
     throw py::value_error("invalid RANSAC options (need num_hypotheses >= 1, threshold > 0, alpha > 0, "
-                          "0 < confidence < 1, max_iterations >= 1; training excludes adaptive)");
+                          "0 < confidence < 1, max_iterations >= 1, robust_scale >= 0; training excludes adaptive and "
+                          "robust_scale)");
   return o;
 }
 

@@ -287,6 +287,15 @@ def test_train_init_readout_lowers_the_coordinate_error(tmp_path, capsys):
     net.clear_readout()
     assert with_readout < 0.8 * median_error(net)
 
+    # test.py re-fits the readout's poses robustly by default: 1 px per 120 px of image height
+    import json
+
+    for flag, scale in (([], 64 / 120), (["--robust_scale", "0"], 0.0)):
+        assert cli._run("test", [str(tmp_path / "s"), str(net_path), "--section", "train_sim", "--out",
+                                 str(tmp_path / "t"), *flag]) == 0
+        settings = json.loads((tmp_path / "t" / "results.json").read_text())["settings"]["ransac"]
+        assert abs(settings["robust_scale"] - scale) < 1e-9
+
     # --resume of the finished run loads the readout from the checkpoint and fits it again
     assert cli._run("train_init", args + ["--resume"]) == 0
     again, _ = load_network(net_path)

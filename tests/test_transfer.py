@@ -200,7 +200,8 @@ def test_depth_task_learns_and_mlr_trains_on_top_of_it(scene, tmp_path):
 def test_cluster_head_trains_with_nce_across_sections(scene, tmp_path):
     net_path = tmp_path / "cl.net"
     code = cli._run("train_init", _train_args(scene, net_path, "--section", "train_sim,train_real", "--clusters", "16",
-                                              "--contrastive", "0.5", "--iterations", "60", "--uncertainty", "--no_augment"))
+                                              "--contrastive", "0.5", "--iterations", "60", "--uncertainty", "--no_augment",
+                                              "--readout", "3", "--readout_dim", "4"))
     assert code == 0
     log = read_csv_log(tmp_path / "cl_log" / "log.csv")
     assert np.isfinite(log["supcon"]).all() and "cluster_accuracy" in log
@@ -213,3 +214,8 @@ def test_cluster_head_trains_with_nce_across_sections(scene, tmp_path):
     assert centers.shape == (16, 3) and torch.isfinite(centers).all() and centers.abs().max() < 10
     coords, sigma = net(torch.zeros(1, 1, 48, 64))
     assert coords.shape == (1, 3, 6, 8) and sigma.shape == (1, 1, 6, 8)
+    # the readout was fitted on both sections' cells (one pass: training did not augment)
+    stats = options["readout"]
+    assert net.scr.has_readout and options["readout_dim"] == 4 and stats["passes"] == 1
+    frames = sum(len(list((scene / sec / "rgb").iterdir())) for sec in ("train_sim", "train_real"))
+    assert frames * 6 * 8 // 2 < stats["cells"] <= frames * 6 * 8 and stats["rms_after"] < stats["rms_before"]

@@ -103,6 +103,8 @@ void finish(const Frame& f, Model model, const RansacOptions& o, const ScorePara
   int count;
   if (o.training || o.exact_scoring) {
     if (o.refine) refine_hypothesis(f, model, sp, o.refine_rounds, o.lm_iterations, pose, scratch);
+    if (model == Model::kPnP && o.refine && o.robust_scale > 0.0)  // test mode only (check_options)
+      refine_robust_pnp(f, sp, o.robust_scale, o.robust_rounds, o.lm_iterations, pose);
     r.score = soft_score(f, pose, sp, -std::numeric_limits<double>::infinity()).score;
     scratch.resize(static_cast<size_t>(f.n));
     count = collect_inliers(f, pose, sp, scratch.data());
@@ -110,6 +112,9 @@ void finish(const Frame& f, Model model, const RansacOptions& o, const ScorePara
     ScoreOut before, after;
     refine_hypothesis_scored(f, model, sp, o.refine ? o.refine_rounds : 0, o.lm_iterations, pose, scratch, before,
                              after);
+    if (model == Model::kPnP && o.refine && o.robust_scale > 0.0 &&
+        refine_robust_pnp(f, sp, o.robust_scale, o.robust_rounds, o.lm_iterations, pose) > 0)
+      after = soft_score_collect(f, pose, sp, scratch.data());
     r.selected_score = before.score;
     r.score = after.score;
     count = after.inliers;
@@ -339,7 +344,8 @@ int check_options(const RansacOptions& o) {
       !(o.max_tries_per_hypothesis >= 1) || !(o.confidence > 0.0 && o.confidence < 1.0) ||
       !(o.max_iterations >= 1) || !(o.min_iterations >= 0) || !(o.refine_rounds >= 0) ||
       !(o.lm_iterations >= 0) || !(o.preemptive_cells >= 0) || !(o.preemptive_keep >= 1) ||
-      (o.training && o.adaptive))
+      (o.training && o.adaptive) || !(o.robust_scale >= 0.0) || !std::isfinite(o.robust_scale) ||
+      !(o.robust_rounds >= 0) || (o.training && o.robust_scale > 0.0))
     return kBadOptions;
   return kOk;
 }

@@ -40,6 +40,10 @@ struct RansacOptions {
   bool refine = true;              // refine the winner (test mode) / the selected hypothesis
   int refine_rounds = 100;         // inlier re-collection rounds
   int lm_iterations = 10;          // LM iterations per round
+  // Test mode, PnP: after the refinement, re-fit robustly (refine_robust_pnp): Cauchy loss of
+  // scale `robust_scale` px over the inliers, `robust_rounds` reweightings. 0: off (DSAC*).
+  double robust_scale = 0.0;
+  int robust_rounds = 4;
   bool training = false;           // score all, sample the winner from softmax(logits), return all
   bool refine_all = false;         // training: also refine every hypothesis
   uint64_t seed = 0;

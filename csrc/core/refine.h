@@ -19,6 +19,14 @@ namespace transpose {
 // only confirm convergence (the pose then differs by that last step, ~1e-9 relative).
 int refine_pnp_lm(const Frame& f, const int* idx, int n, Pose& pose, int max_iterations, bool predict_stop = false);
 
+// Robust re-fit of a refined pose (iteratively reweighted least squares): `rounds` times, take
+// the correspondences with err < tau under the current pose, weight each by its own weight times
+// the Cauchy factor 1 / (1 + (err / scale)^2), and re-fit by LM. A least-squares fit lets the few
+// cells that are off by several pixels (a wrong cluster's neighbour, an occlusion border) pull the
+// pose; the Cauchy loss bounds their pull. Returns the correspondences of the last fit (0: none).
+int refine_robust_pnp(const Frame& f, const ScoreParams& sp, double scale, int rounds, int lm_iterations,
+                      Pose& pose);
+
 // Which model an estimator refines.
 enum class Model { kPnP, kRigid };
 

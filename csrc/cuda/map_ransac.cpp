@@ -51,6 +51,7 @@ namespace {
 void finish(const Frame& f, const RansacOptions& o, const ScoreParams& sp, Pose pose, RansacResult& r) {
   Buffer<int> scratch;
   if (o.refine) refine_hypothesis(f, Model::kPnP, sp, o.refine_rounds, o.lm_iterations, pose, scratch);
+  if (o.refine && o.robust_scale > 0.0) refine_robust_pnp(f, sp, o.robust_scale, o.robust_rounds, o.lm_iterations, pose);
   r.pose = pose;
   r.score = soft_score(f, pose, sp, -std::numeric_limits<double>::infinity()).score;
   scratch.resize(static_cast<size_t>(f.n));

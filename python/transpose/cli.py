@@ -36,6 +36,10 @@ def _add_ransac_args(p: argparse.ArgumentParser) -> None:
                         "auto (default): weight for cluster networks whose sigma sees the cluster confidence "
                         "(measured to help), none otherwise")
     g.add_argument("--drop_quantile", type=float, default=0.5, help="with --uncertainty_use drop: keep cells below this sigma quantile")
+    g.add_argument("--robust_scale", type=_auto_or(_non_negative(float, "--robust_scale")), default="auto",
+                   metavar="PX", help="after the refinement, re-fit the inliers with a Cauchy loss of this scale in "
+                   "px (0: off, DSAC*'s least squares); auto (default): 1 px per 120 px of image height for networks "
+                   "with a readout (measured to help them), off otherwise")
 
 
 def _positive(kind: Callable, name: str) -> Callable:
@@ -58,6 +62,13 @@ def _non_negative(kind: Callable, name: str) -> Callable:
         if not value >= 0:
             raise argparse.ArgumentTypeError(f"{name} must be >= 0, got {text}")
         return value
+    return parse
+
+
+def _auto_or(kind: Callable) -> Callable:
+    """argparse type: the word ``auto`` or ``kind(text)``."""
+    def parse(text: str):
+        return "auto" if text == "auto" else kind(text)
     return parse
 
 
@@ -296,7 +307,8 @@ def _ransac_options(args: argparse.Namespace):
 
     return RansacOptions(hypotheses=args.hypotheses, threshold=args.threshold, inlieralpha=args.inlieralpha,
                          maxpixelerror=args.maxpixelerror, adaptive=args.adaptive, confidence=args.confidence,
-                         seed=args.seed, uncertainty=args.uncertainty_use, drop_quantile=args.drop_quantile)
+                         seed=args.seed, uncertainty=args.uncertainty_use, drop_quantile=args.drop_quantile,
+                         robust_scale=args.robust_scale)
 
 
 def evaluate_checkpoint(args: argparse.Namespace, network: Path, out_dir: Optional[Path] = None) -> Dict:
@@ -319,6 +331,13 @@ def evaluate_checkpoint(args: argparse.Namespace, network: Path, out_dir: Option
         dataset = SceneDataset(args.scene, args.section, mode="scr", image_height=options.get("image_height"),
                                targets=targets, root=args.root, load_depth=True, load_normals=False,
                                frames=dataset.frames[: args.frames])
+    if args.robust_scale == "auto":
+        # the readout's coordinates are a few cm off, with a tail of cells a few px off: a Cauchy
+        # loss bounds the tail's pull (measured on the demo, 160x120: 1 px best of 1 / 1.5 / 2 / 3)
+        from .train.scr import output_size_for
+
+        height = output_size_for(dataset.scene_dir, args.section, options.get("image_height"))[0]
+        args = argparse.Namespace(**{**vars(args), "robust_scale": height / 120.0 if options.get("readout_dim") else 0.0})
     out_dir = Path(out_dir or args.out or f"{Path(network).with_suffix('')}_{args.section}")
     opts = _ransac_options(args)
     results = localize_section(net, dataset, opts, rgbd=(mode == 2),

@@ -110,6 +110,7 @@ class RansacOptions:
     seed: int = 0
     uncertainty: str = "none"        # 'none', 'drop' (discard the most uncertain cells), 'weight' (1/sigma^2)
     drop_quantile: float = 0.5       # with 'drop': keep cells with sigma below this quantile
+    robust_scale: float = 0.0        # px; > 0: re-fit the inliers with a Cauchy loss after the refinement
 
 
 @dataclass
@@ -153,7 +154,7 @@ def solve_frame(coords: Any, K: np.ndarray, sigma: Any, opts: RansacOptions,
         raise ValueError(f"--uncertainty_use must be none, drop or weight, got '{opts.uncertainty}'")
     kwargs = dict(num_hypotheses=opts.hypotheses, threshold=opts.threshold, alpha=opts.inlieralpha,
                   max_reprojection_error=opts.maxpixelerror, seed=opts.seed, adaptive=opts.adaptive,
-                  confidence=opts.confidence, mask=mask, weights=weights)
+                  confidence=opts.confidence, mask=mask, weights=weights, robust_scale=opts.robust_scale)
     if depth is not None:
         # camera-frame points of the cells from the depth sampled at the cell centres (CPU only)
         coords = ransac._to_numpy(coords, "coords")

@@ -74,6 +74,8 @@ class RansacOptions:
     refine: bool = True
     refine_rounds: int = 100
     lm_iterations: int = 10
+    robust_scale: float = 0.0   # px; > 0: after the refinement, re-fit the inliers with a Cauchy loss (test mode)
+    robust_rounds: int = 4      # ... reweighting rounds
     training: bool = False
     refine_all: bool = False
     seed: int = 0
@@ -95,12 +97,16 @@ class RansacOptions:
             ("preemptive_cells", self.preemptive_cells >= 0),
             ("preemptive_keep", self.preemptive_keep >= 1),
             ("seed", 0 <= int(self.seed) < 2 ** 64),
+            ("robust_scale", math.isfinite(self.robust_scale) and self.robust_scale >= 0),
+            ("robust_rounds", self.robust_rounds >= 0),
         ]
         for name, ok in checks:
             if not ok:
                 raise ValueError(f"{name}: invalid value {getattr(self, name)!r}")
         if self.training and self.adaptive:
             raise ValueError("training: the training mode needs a fixed hypothesis count (adaptive=False)")
+        if self.training and self.robust_scale > 0:
+            raise ValueError("robust_scale: the robust re-fit is for test mode (training=False)")
         return self
 
     def to_core(self) -> dict:
