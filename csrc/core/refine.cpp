@@ -100,52 +100,7 @@ double pnp_normal_equations(const Gathered& G, const Intrinsics& K, const Pose& 
   return cost;
 }
 
-}  // namespace
-
-namespace {
-
-int lm_gathered(const Gathered& G, const Intrinsics& K, Pose& pose, int max_iterations, bool predict_stop);
-
-}  // namespace
-
-int refine_pnp_lm(const Frame& f, const int* idx, int n, Pose& pose, int max_iterations, bool predict_stop) {
-  if (n < 3 || max_iterations <= 0) return 0;
-  Gathered G;
-  G.assign(f, idx, n);
-  return lm_gathered(G, f.K, pose, max_iterations, predict_stop);
-}
-
-int refine_robust_pnp(const Frame& f, const ScoreParams& sp, double scale, int rounds, int lm_iterations,
-                      Pose& pose) {
-  if (!(scale > 0) || rounds <= 0 || f.n < 4) return 0;
-  Buffer<double> err(static_cast<size_t>(f.n));
-  Buffer<int> idx(static_cast<size_t>(f.n));
-  Gathered G;
-  int n = 0;
-  for (int round = 0; round < rounds; ++round) {
-    reprojection_errors(f, pose, sp, err.data());
-    n = 0;
-    for (int i = 0; i < f.n; ++i)
-      if (err[i] < sp.tau) idx[n++] = i;
-    if (n < 4) return 0;
-    G.assign(f, idx.data(), n);
-    const double inv = 1.0 / scale;
-    for (int k = 0; k < n; ++k) {
-      const double e = err[idx[k]] * inv;
-      G.w[k] = 1.0 / (1.0 + e * e);  // Cauchy: the weight of the loss log(1 + (e / scale)^2) at this error
-    }
-    const Pose before = pose;
-    lm_gathered(G, f.K, pose, lm_iterations, false);
-    double change = 0.0;
-    for (int k = 0; k < 9; ++k) change = std::fmax(change, std::fabs(pose.R[k] - before.R[k]));
-    for (int k = 0; k < 3; ++k) change = std::fmax(change, std::fabs(pose.t[k] - before.t[k]));
-    if (change < 1e-9) break;  // the weights would not change any more
-  }
-  return n;
-}
-
-namespace {
-
+// Levenberg-Marquardt on gathered correspondences (see refine_pnp_lm).
 int lm_gathered(const Gathered& G, const Intrinsics& K, Pose& pose, int max_iterations, bool predict_stop) {
   if (G.n < 3 || max_iterations <= 0) return 0;
   double H[36], g[6], Hc[36], gc[6];
@@ -199,6 +154,46 @@ int lm_gathered(const Gathered& G, const Intrinsics& K, Pose& pose, int max_iter
   }
   return it;
 }
+
+}  // namespace
+
+int refine_pnp_lm(const Frame& f, const int* idx, int n, Pose& pose, int max_iterations, bool predict_stop) {
+  if (n < 3 || max_iterations <= 0) return 0;
+  Gathered G;
+  G.assign(f, idx, n);
+  return lm_gathered(G, f.K, pose, max_iterations, predict_stop);
+}
+
+int refine_robust_pnp(const Frame& f, const ScoreParams& sp, double scale, int rounds, int lm_iterations,
+                      Pose& pose) {
+  if (!(scale > 0) || rounds <= 0 || f.n < 4) return 0;
+  Buffer<double> err(static_cast<size_t>(f.n));
+  Buffer<int> idx(static_cast<size_t>(f.n));
+  Gathered G;
+  int n = 0;
+  for (int round = 0; round < rounds; ++round) {
+    reprojection_errors(f, pose, sp, err.data());
+    n = 0;
+    for (int i = 0; i < f.n; ++i)
+      if (err[i] < sp.tau) idx[n++] = i;
+    if (n < 4) return 0;
+    G.assign(f, idx.data(), n);
+    const double inv = 1.0 / scale;
+    for (int k = 0; k < n; ++k) {
+      const double e = err[idx[k]] * inv;
+      G.w[k] = 1.0 / (1.0 + e * e);  // Cauchy: the weight of the loss log(1 + (e / scale)^2) at this error
+    }
+    const Pose before = pose;
+    lm_gathered(G, f.K, pose, lm_iterations, false);
+    double change = 0.0;
+    for (int k = 0; k < 9; ++k) change = std::fmax(change, std::fabs(pose.R[k] - before.R[k]));
+    for (int k = 0; k < 3; ++k) change = std::fmax(change, std::fabs(pose.t[k] - before.t[k]));
+    if (change < 1e-9) break;  // the weights would not change any more
+  }
+  return n;
+}
+
+namespace {
 
 // The DSAC* loop of refine_hypothesis; with `scored` non-null the test-mode variant of
 // refine_hypothesis_scored, scored[0] / scored[1] being `before` / `after`.

@@ -175,6 +175,9 @@ def build_network(cfg: InitConfig, datasets: list) -> SCRNet:
     if cfg.init:
         net = _initial_network(cfg.init)
         clusters = net.num_clusters
+    if cfg.readout and not clusters:
+        raise ValueError("--readout needs a cluster network (--clusters K)" +
+                         (f"; {cfg.init} has a regression head" if cfg.init else ""))
     if clusters and (cfg.loss.mode == 0 or any(d.targets == "none" for d in datasets)):
         raise ValueError("--clusters needs coordinate targets (depth or init/); it does not work with --mode 0")
     if cfg.init:
@@ -231,8 +234,6 @@ def train_init(cfg: InitConfig) -> Dict[str, Any]:
         raise ValueError(f"{dataset.section_dir}: mode {cfg.loss.mode} needs depth/ or init/ targets; "
                          f"use --mode 0 for RGB-only training")
     net = build_network(cfg, [dataset]).to(device)
-    if cfg.readout and not net.num_clusters:
-        raise ValueError("--readout needs a cluster network (--clusters K)")
     optimizer = make_adam(parameter_groups(net, cfg.learningrate))
     scheduler = _scheduler(optimizer, cfg)
 
@@ -249,16 +250,24 @@ def train_init(cfg: InitConfig) -> Dict[str, Any]:
     loop_cfg = LoopConfig.from_settings(cfg, kind=KIND, options=options, lr_schedule=lr_schedule_for(cfg))
     summary = train_loop(net, optimizer, dataset, step, loop_cfg, scheduler)
     if cfg.readout:
-        from . import distributed
-
-        # every rank has the same weights after the loop; one fits and writes, the others wait
-        if distributed.is_main_process():
-            summary["readout"] = add_readout(loop_cfg.out, net, dataset, cfg.readout, cfg.readout_dim,
-                                             cfg.readout_ridge, cfg.seed, cfg.progress)
-        distributed.barrier()
+        summary["readout"] = readout_after_training(cfg, net, [dataset])
     summary["frames"] = len(dataset)
     summary["network"] = net
     return summary
+
+
+def readout_after_training(cfg: InitConfig, net, datasets: list) -> Optional[Dict[str, Any]]:
+    """Fit and store the readout (:func:`add_readout`) of a trainer's network once its loop is done.
+    Every rank holds the same weights then: the main process fits and writes, the others wait (and
+    get None)."""
+    from . import distributed
+
+    stats = None
+    if distributed.is_main_process():
+        stats = add_readout(cfg.out, net, datasets, cfg.readout, cfg.readout_dim, cfg.readout_ridge, cfg.seed,
+                            cfg.progress)
+    distributed.barrier()
+    return stats
 
 
 def add_readout(path, net, datasets, passes: int, dim: int, ridge: float, seed: int = 0,

@@ -31,9 +31,8 @@ from ..losses import cell_contrastive_loss, laplace_nll, supcon_loss
 from ..models.heads import TASKS, TaskNet, TransposeNet, task_names
 from .checkpoint import load_checkpoint
 from .loop import LoopConfig, make_adam, pick_device, seed_everything, train_loop
-from .scr import (KIND, InitConfig, _scheduler, add_readout, build_dataset, build_network, coordinate_loss,
-                  load_network,
-                  lr_schedule_for, output_size_for, parameter_groups)
+from .scr import (KIND, InitConfig, _scheduler, build_dataset, build_network, coordinate_loss, load_network,
+                  lr_schedule_for, output_size_for, parameter_groups, readout_after_training)
 
 KIND_TASK = "task"
 TASK_CHOICES = ("coords",) + tuple(TASKS)
@@ -190,12 +189,8 @@ def train_transfer(cfg: TransferConfig) -> Dict[str, Any]:
         if opts["task"] != task:
             raise ValueError(f"{path}: is a '{opts['task']}' network, --mlr asked for '{task}'")
         tasks[task] = net_t
-    if cfg.readout and not (cfg.clusters or cfg.init):
-        raise ValueError("--readout needs a cluster network (--clusters K)")
     net = TransposeNet(build_network(cfg, datasets), tasks, head_dim=cfg.head_dim if cfg.contrastive > 0 else 0,
                        dense_dim=cfg.dense_dim if cfg.dense_contrastive > 0 else 0).to(device)
-    if cfg.readout and not net.scr.num_clusters:
-        raise ValueError(f"--readout needs a cluster network; {cfg.init} has a regression head")
     optimizer = make_adam(parameter_groups(net, cfg.learningrate))
     scheduler = _scheduler(optimizer, cfg)
 
@@ -238,12 +233,7 @@ def train_transfer(cfg: TransferConfig) -> Dict[str, Any]:
                "train_init": _plain(cfg)}
     summary = train_loop(net, optimizer, dataset, step, _loop_config(cfg, KIND, options, collate), scheduler)
     if cfg.readout:
-        from . import distributed
-
-        if distributed.is_main_process():
-            summary["readout"] = add_readout(cfg.out, net, datasets, cfg.readout, cfg.readout_dim,
-                                             cfg.readout_ridge, cfg.seed, cfg.progress)
-        distributed.barrier()
+        summary["readout"] = readout_after_training(cfg, net, datasets)
     summary.update(frames=int(sum(len(d) for d in datasets)), network=net)
     return summary
 
