@@ -300,10 +300,26 @@ def test_train_init_readout_lowers_the_coordinate_error(tmp_path, capsys):
     assert cli._run("train_init", args + ["--resume"]) == 0
     again, _ = load_network(net_path)
     assert again.has_readout
+    # `transpose readout` fits one to an existing checkpoint, on the sections and with the augmentation
+    # it was trained on: the same settings and seed give train_init's readout
+    refit = tmp_path / "refit.net"
+    assert cli._run("readout", [str(tmp_path / "s"), str(net_path), "--out", str(refit), "--readout", "2",
+                                "--readout_dim", "8"]) == 0
+    refitted, refit_options = load_network(refit)
+    assert refit_options["readout"]["passes"] == 2 and refit_options["readout"]["cells"] == stats["cells"]
+    for name in ("readout_mean", "readout_basis", "readout_weights"):
+        assert torch.allclose(getattr(refitted, name), getattr(again, name), atol=1e-5)
+    assert cli._run("readout", [str(tmp_path / "s"), str(refit), "--readout", "1", "--readout_dim", "4"]) == 0
+    assert load_network(refit)[1]["readout_dim"] == 4 and load_network(net_path)[1]["readout_dim"] == 8
+
     capsys.readouterr()
     assert cli._run("train_init", [str(tmp_path / "s"), str(tmp_path / "x.net"), "--section", "train_sim",
                                    "--iterations", "2", "--readout", "2"]) == 2
     assert "--readout needs a cluster network" in capsys.readouterr().err
+    assert cli._run("train_init", [str(tmp_path / "s"), str(tmp_path / "x.net"), "--section", "train_sim",
+                                   "--iterations", "2", "--width", "0.25"]) == 0
+    assert cli._run("readout", [str(tmp_path / "s"), str(tmp_path / "x.net")]) == 2
+    assert "has a regression head" in capsys.readouterr().err
     for flag, value, message in (("--readout", "two", "--readout must be an integer >= 0, got 'two'"),
                                  ("--readout", "-1", "--readout must be >= 0, got -1"),
                                  ("--readout_ridge", "-0.5", "--readout_ridge must be >= 0, got -0.5")):

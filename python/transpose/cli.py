@@ -639,6 +639,30 @@ def run_apr(args: argparse.Namespace) -> Dict:
 # =========================================================================== end of apr section
 
 
+def readout_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="transpose readout", description="Fit the closed-form offset readout of an "
+                                "already trained cluster network (what train_init --readout does after training).")
+    _add_scene_args(p)
+    p.add_argument("network", help="a cluster network's checkpoint (train_init --clusters K, train_e2e, TransPose)")
+    p.add_argument("--section", default=None,
+                   help="comma-separated sections to fit on (default: those the network was trained on)")
+    p.add_argument("--out", default=None, help="write the network with its readout here (default: in place)")
+    p.add_argument("--readout", type=_positive(int, "--readout"), default=4, metavar="PASSES",
+                   help="passes over the frames, the first plain, the others with the training's augmentation "
+                   "(default 4)")
+    p.add_argument("--readout_dim", type=_positive(int, "--readout_dim"), default=64)
+    p.add_argument("--readout_ridge", type=_non_negative(float, "--readout_ridge"), default=10.0)
+    p.add_argument("--seed", type=int, default=0)
+    return p
+
+
+def run_readout(args: argparse.Namespace) -> Dict:
+    from .train.scr import readout_checkpoint
+
+    return readout_checkpoint(args.network, args.scene, args.section, args.out, args.readout, args.readout_dim,
+                              args.readout_ridge, args.seed, args.root)
+
+
 # --------------------------------------------------------------------------- dispatch
 
 COMMANDS: Dict[str, tuple] = {
@@ -647,6 +671,7 @@ COMMANDS: Dict[str, tuple] = {
     "test": (test_parser, run_test),
     "visualize": (visualize_parser, run_visualize),
     "demo": (demo_parser, run_demo),
+    "readout": (readout_parser, run_readout),
     "apr": (apr_parser, run_apr),  # APR section
 }
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any, Dict, Optional, Tuple
 
 import numpy as np
@@ -288,6 +289,36 @@ def add_readout(path, net, datasets, passes: int, dim: int, ridge: float, seed: 
                        "readout": {"dim": dim, "ridge": ridge, **stats}}
     io.save_torch(path, ckpt)
     return stats
+
+
+#: The training settings an existing checkpoint's readout passes reuse (augmentation, targets).
+_READOUT_SETTINGS = ("augment", "aug_scale", "aug_rotation", "aug_brightness", "aug_contrast", "aug_relight",
+                     "aug_shadow", "aug_camera", "sparse")
+
+
+def readout_checkpoint(network, scene, sections: Optional[str] = None, out=None, passes: int = 4,
+                       dim: int = 64, ridge: float = 10.0, seed: int = 0, root: str = "datasets",
+                       progress: bool = True) -> Dict[str, Any]:
+    """Fit the readout of an already trained cluster checkpoint ``network`` (train_init, e2e or
+    TransPose) on ``sections`` (comma-separated; default: those it was trained on) of ``scene``,
+    with the image size and augmentation it was trained with, and write it to ``out`` (default:
+    ``network`` itself; atomically either way). Returns the fit's statistics."""
+    from .. import io
+    from .checkpoint import load_checkpoint
+    from .readout import coordinate_network
+
+    net, options = load_network(network)
+    if not coordinate_network(net).num_clusters:
+        raise ValueError(f"{network}: has a regression head; the readout needs a cluster network (--clusters K)")
+    trained = options.get("train_init") or {}
+    names = [s.strip() for s in (sections or options.get("trained_on", {}).get("section") or "train").split(",")]
+    cfg = InitConfig(scene=str(scene), out=str(out or network), image_height=options.get("image_height"), root=root,
+                     **{k: (tuple(trained[k]) if k == "aug_scale" else trained[k])
+                        for k in _READOUT_SETTINGS if k in trained})
+    datasets = [build_dataset(cfg, name) for name in names if name]
+    if out is not None and Path(out).resolve() != Path(network).resolve():
+        io.save_torch(out, load_checkpoint(network, KIND))
+    return add_readout(cfg.out, net, datasets, passes, dim, ridge, seed, progress)
 
 
 def _scene_clusters(cfg: InitConfig, datasets: list, per_frame: int = 256) -> torch.Tensor:
