@@ -42,6 +42,14 @@ def _add_ransac_args(p: argparse.ArgumentParser) -> None:
                    "with a readout (measured to help them), off otherwise")
 
 
+def _add_readout_args(p: argparse.ArgumentParser) -> None:
+    # literal defaults (those of transpose.train.readout): building a parser must not import torch
+    p.add_argument("--readout_dim", type=_positive(int, "--readout_dim"), default=64,
+                   help="principal components of the head's features the readout reads (default 64)")
+    p.add_argument("--readout_ridge", type=_non_negative(float, "--readout_ridge"), default=10.0,
+                   help="ridge weight of the readout, in pseudo-observations per cluster (default 10)")
+
+
 def _positive(kind: Callable, name: str) -> Callable:
     def parse(text: str):
         value = kind(text)
@@ -124,10 +132,7 @@ def train_init_parser() -> argparse.ArgumentParser:
                    help="with --clusters: after training, fit each cluster's offset in closed form (ridge regression "
                    "on the head's features) over PASSES passes of the training frames, the first plain, the others "
                    "augmented; replaces the offset head, which barely learns in a CPU budget (default 0: off)")
-    p.add_argument("--readout_dim", type=_positive(int, "--readout_dim"), default=64,
-                   help="principal components of the head's features the readout reads (default 64)")
-    p.add_argument("--readout_ridge", type=_non_negative(float, "--readout_ridge"), default=10.0,
-                   help="ridge weight of the readout, in pseudo-observations per cluster (default 10)")
+    _add_readout_args(p)
     p.add_argument("--init", default=None, metavar="CHECKPOINT",
                    help="start from this coordinate network's weights (fine-tuning: its width, head and scene "
                    "centre are kept; --width / --clusters / --norm / --uncertainty are then ignored; a cluster "
@@ -650,8 +655,7 @@ def readout_parser() -> argparse.ArgumentParser:
     p.add_argument("--readout", type=_positive(int, "--readout"), default=4, metavar="PASSES",
                    help="passes over the frames, the first plain, the others with the training's augmentation "
                    "(default 4)")
-    p.add_argument("--readout_dim", type=_positive(int, "--readout_dim"), default=64)
-    p.add_argument("--readout_ridge", type=_non_negative(float, "--readout_ridge"), default=10.0)
+    _add_readout_args(p)
     p.add_argument("--seed", type=int, default=0)
     return p
 

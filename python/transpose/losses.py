@@ -461,6 +461,13 @@ def dsac_pose_loss(T_est_c2w: torch.Tensor, T_gt_c2w: torch.Tensor, weight_rot: 
 
 # --------------------------------------------------------------------------- classification head (SCR)
 
+def nearest_cluster(points: torch.Tensor, centers: torch.Tensor, chunk: int = 65536) -> torch.Tensor:
+    """Index ``(N,)`` of the centre ``(K, 3)`` nearest to each of ``points (N, 3)`` (the cluster a
+    scene point belongs to: the cluster head's label), in chunks of ``chunk`` points."""
+    return torch.cat([torch.cdist(c, centers).argmin(dim=1) for c in points.split(chunk)]) if len(points) else \
+        torch.zeros(0, dtype=torch.long, device=points.device)
+
+
 def cluster_loss(logits: torch.Tensor, offsets: torch.Tensor, centers: torch.Tensor, target: torch.Tensor,
                  mask: torch.Tensor) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
     """Loss of a cluster-classification coordinate head on labelled cells: cross-entropy of the
@@ -474,7 +481,7 @@ def cluster_loss(logits: torch.Tensor, offsets: torch.Tensor, centers: torch.Ten
         zero = logits.sum() * 0 + offsets.sum() * 0
         return zero, {"accuracy": zero.detach()}
     tgt = target.permute(0, 2, 3, 1)[mask]                      # (N, 3)
-    label = torch.cdist(tgt, centers).argmin(dim=1)              # (N,)
+    label = nearest_cluster(tgt, centers)                        # (N,)
     lg = logits.permute(0, 2, 3, 1)[mask]                        # (N, K)
     off = offsets.permute(0, 2, 3, 1)[mask]                      # (N, 3)
     ce = torch.nn.functional.cross_entropy(lg, label)
@@ -489,7 +496,7 @@ def kmeans(points: torch.Tensor, k: int, iterations: int = 20, seed: int = 0) ->
     g = torch.Generator().manual_seed(seed)
     centers = points[torch.randperm(points.shape[0], generator=g)[:k]].clone()
     for _ in range(iterations):
-        assign = torch.cat([torch.cdist(chunk, centers).argmin(dim=1) for chunk in points.split(65536)])
+        assign = nearest_cluster(points, centers)
         sums = torch.zeros_like(centers).index_add_(0, assign, points)
         counts = torch.bincount(assign, minlength=k).unsqueeze(1)
         centers = torch.where(counts > 0, sums / counts.clamp_min(1), centers)

@@ -25,6 +25,7 @@ from typing import Any, Dict, Iterable, Optional
 
 import torch
 
+from ..losses import nearest_cluster
 from ..models.scr import SCRNet
 
 #: Default readout settings (also train_init's flag defaults).
@@ -98,8 +99,8 @@ def _cells(model, item: Dict[str, Any], device) -> Optional[tuple]:
         return None
     with torch.no_grad():
         x = coordinate_network(model).head_features(model.encode(item["image"][None].to(device)))[0]
-    mask = item["mask"].to(device)
-    return x.permute(1, 2, 0)[mask].float().cpu(), item["coords"].to(device).permute(1, 2, 0)[mask].float().cpu()
+    mask = item["mask"]
+    return x.cpu().permute(1, 2, 0)[mask].float(), item["coords"].permute(1, 2, 0)[mask].float()
 
 
 def coordinate_network(model) -> SCRNet:
@@ -169,7 +170,7 @@ def fit_cluster_readout(model, datasets, passes: int = 4, dim: int = DEFAULT_DIM
                     if cells is None:
                         continue
                     x, target = cells
-                    labels = torch.cdist(target, centers).argmin(dim=1)
+                    labels = nearest_cluster(target, centers)
                     system.add((x - mean) @ basis, target - centers[labels], labels)
         finally:
             torch.random.set_rng_state(saved_rng)

@@ -12,6 +12,8 @@ import torch
 from ..losses import InitLossConfig, cluster_loss, kmeans, scr_init_loss, uncertainty_nll
 from ..models.scr import SCRNet
 from .loop import LoopConfig, make_adam, pick_device, seed_everything, train_loop
+from .readout import DEFAULT_DIM as READOUT_DIM
+from .readout import DEFAULT_RIDGE as READOUT_RIDGE
 
 KIND = "scr"
 #: Learning-rate factor of the sigma head: it sees detached features, so its steps move nothing
@@ -40,8 +42,8 @@ class InitConfig:
     norm: str = "group"
     clusters: int = 0               # K > 0: cluster-classification head (see SCRNet), 0: regression (DSAC*)
     readout: int = 0                # passes of the closed-form offset readout after training (clusters; 0: off)
-    readout_dim: int = 64           # principal components of the head's features the readout reads
-    readout_ridge: float = 10.0     # its ridge weight
+    readout_dim: int = READOUT_DIM  # principal components of the head's features the readout reads
+    readout_ridge: float = READOUT_RIDGE  # its ridge weight
     init: Optional[str] = None      # start from this coordinate checkpoint's weights (fine-tuning)
     tiny: bool = False              # DSAC*'s --tiny: width 0.5
     image_height: Optional[int] = None
@@ -297,7 +299,7 @@ _READOUT_SETTINGS = ("augment", "aug_scale", "aug_rotation", "aug_brightness", "
 
 
 def readout_checkpoint(network, scene, sections: Optional[str] = None, out=None, passes: int = 4,
-                       dim: int = 64, ridge: float = 10.0, seed: int = 0, root: str = "datasets",
+                       dim: int = READOUT_DIM, ridge: float = READOUT_RIDGE, seed: int = 0, root: str = "datasets",
                        progress: bool = True) -> Dict[str, Any]:
     """Fit the readout of an already trained cluster checkpoint ``network`` (train_init, e2e or
     TransPose) on ``sections`` (comma-separated; default: those it was trained on) of ``scene``,
