@@ -414,8 +414,8 @@ def demo_parser() -> argparse.ArgumentParser:
     p.add_argument("--root", default="datasets")
     p.add_argument("--scene", default="synthetic_indoor")
     p.add_argument("--out", default="output/demo", help="where the network, results and figures go")
-    p.add_argument("--minutes", type=float, default=10.0,
-                   help="training budget in minutes (default 10; the readout fit takes ~1 minute more)")
+    p.add_argument("--minutes", type=_positive(float, "--minutes"), default=None,
+                   help="training budget in minutes (default 10, 1 with --quick; the readout fit takes ~1 minute more)")
     p.add_argument("--iterations", type=int, default=12000,
                    help="training iterations (default 12000; the --minutes budget ends it first on 2 cores)")
     # 160x120 images: a quarter of the cost of 320x240 per step, so four times the steps in the same
@@ -449,7 +449,7 @@ def run_demo(args: argparse.Namespace) -> Dict:
     t_render = time.time() - t0
     out = Path(args.out)
     network = out / "scr.net"
-    minutes = 1.0 if args.quick else args.minutes
+    minutes = args.minutes if args.minutes is not None else (1.0 if args.quick else 10.0)
     train_args = train_init_parser().parse_args([
         str(scene_dir), str(network), "--section", "train_sim", "--uncertainty", "--iterations",
         str(args.iterations), "--max_minutes", str(minutes), "--image_height", str(args.image_height),
