@@ -57,3 +57,11 @@ def test_demo_rejects_a_bad_budget(tmp_path):
     assert proc.returncode == 2
     assert "--minutes must be positive" in proc.stderr
     assert not any(Path(tmp_path).iterdir())  # nothing rendered
+
+
+@pytest.mark.parametrize("value, message", [("-1", "--minutes must be positive"), ("nan", "--minutes must be positive"),
+                                            ("ten", "--minutes must be a positive number, got 'ten'")])
+def test_demo_budget_flag_names_itself(value, message, capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli.demo_parser().parse_args(["--minutes", value])
+    assert exc.value.code == 2 and message in capsys.readouterr().err

@@ -51,9 +51,14 @@ def _add_readout_args(p: argparse.ArgumentParser) -> None:
 
 
 def _positive(kind: Callable, name: str) -> Callable:
+    """argparse type: ``kind(text)`` > 0 (a non-number gets a line naming the flag too)."""
     def parse(text: str):
-        value = kind(text)
-        if value <= 0:
+        try:
+            value = kind(text)
+        except ValueError:
+            what = "integer" if kind is int else "number"
+            raise argparse.ArgumentTypeError(f"{name} must be a positive {what}, got '{text}'") from None
+        if not value > 0:  # NaN too
             raise argparse.ArgumentTypeError(f"{name} must be positive, got {text}")
         return value
     return parse
