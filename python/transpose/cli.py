@@ -50,32 +50,30 @@ def _add_readout_args(p: argparse.ArgumentParser) -> None:
                    help="ridge weight of the readout, in pseudo-observations per cluster (default 10)")
 
 
-def _positive(kind: Callable, name: str) -> Callable:
-    """argparse type: ``kind(text)`` > 0 (a non-number gets a line naming the flag too)."""
+def _bounded(kind: Callable, name: str, positive: bool) -> Callable:
+    """argparse type: ``kind(text)`` > 0 (``positive``) or >= 0; NaN fails either, and a non-number
+    gets a line naming the flag too."""
     def parse(text: str):
         try:
             value = kind(text)
         except ValueError:
             what = "integer" if kind is int else "number"
-            raise argparse.ArgumentTypeError(f"{name} must be a positive {what}, got '{text}'") from None
-        if not value > 0:  # NaN too
-            raise argparse.ArgumentTypeError(f"{name} must be positive, got {text}")
+            need = f"a positive {what}" if positive else f"{'an' if kind is int else 'a'} {what} >= 0"
+            raise argparse.ArgumentTypeError(f"{name} must be {need}, got '{text}'") from None
+        if not (value > 0 if positive else value >= 0):
+            raise argparse.ArgumentTypeError(f"{name} must be {'positive' if positive else '>= 0'}, got {text}")
         return value
     return parse
+
+
+def _positive(kind: Callable, name: str) -> Callable:
+    """argparse type: ``kind(text)`` > 0."""
+    return _bounded(kind, name, positive=True)
 
 
 def _non_negative(kind: Callable, name: str) -> Callable:
-    """argparse type: ``kind(text)`` >= 0 (a non-number gets a line naming the flag too)."""
-    def parse(text: str):
-        try:
-            value = kind(text)
-        except ValueError:
-            what = "an integer" if kind is int else "a number"
-            raise argparse.ArgumentTypeError(f"{name} must be {what} >= 0, got '{text}'") from None
-        if not value >= 0:
-            raise argparse.ArgumentTypeError(f"{name} must be >= 0, got {text}")
-        return value
-    return parse
+    """argparse type: ``kind(text)`` >= 0."""
+    return _bounded(kind, name, positive=False)
 
 
 def _auto_or(kind: Callable) -> Callable:
