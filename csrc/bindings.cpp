@@ -201,36 +201,58 @@ const double* optional_weights(const py::object& weights, py::ssize_t n, Array& 
 }
 
 // Scene points of one frame ((n, 3) float64 rows) or of a batch ((B, n, 3)); with `planes`, the
-// layout of coordinate maps instead, (3, n) or (B, 3, n), float32 taken as it is (no copy).
+// layout of coordinate maps instead, (3, n) or (B, 3, n): a float32 or float64 array is read in
+// place with its strides (a channel-last map viewed as planes, a slice of a batch), no copy.
 class ScenePoints {
  public:
-  ScenePoints(const py::object& points, bool planes, py::ssize_t B, py::ssize_t n)
-      : planes_(planes), is_f32_(planes && py::array_t<float, py::array::c_style>::check_(points)), n_(n) {
+  ScenePoints(const py::object& points, bool planes, py::ssize_t B, py::ssize_t n) {
     std::vector<py::ssize_t> shape = planes ? std::vector<py::ssize_t>{3, n} : std::vector<py::ssize_t>{n, 3};
     if (B >= 0) shape.insert(shape.begin(), B);
-    if (is_f32_) {
-      f32_ = py::array_t<float, py::array::c_style>::ensure(points);
-      expect_shape(f32_, "points", shape);
-    } else {
-      f64_ = Array::ensure(points);
-      if (!f64_) throw py::value_error("points: expected a float array");
-      expect_shape(f64_, "points", shape);
+    if (planes && in_place(points)) {
+      view_ = py::reinterpret_borrow<py::array>(points);
+      in_place_ = true;
+      expect_shape(view_, "points", shape);
+      const py::ssize_t item = view_.itemsize(), nd = view_.ndim();
+      is_f32_ = item == 4;
+      cell_ = view_.strides(nd - 1) / item;
+      channel_ = view_.strides(nd - 2) / item;
+      frame_ = B >= 0 ? view_.strides(0) / item : 0;
+      return;
     }
+    f64_ = Array::ensure(points);
+    if (!f64_) throw py::value_error("points: expected a float array");
+    expect_shape(f64_, "points", shape);
+    cell_ = planes ? 1 : 3;
+    channel_ = planes ? n : 1;
+    frame_ = 3 * n;
   }
   // Frame b's points (b = 0 for a single frame).
   PointArray frame(py::ssize_t b) const {
     PointArray p;
-    if (is_f32_) p.f32 = f32_.data() + 3 * n_ * b;
-    else p.f64 = f64_.data() + 3 * n_ * b;
-    p.stride = planes_ ? 1 : 3;
-    p.step = planes_ ? static_cast<long>(n_) : 1;
+    if (in_place_) {
+      if (is_f32_) p.f32 = static_cast<const float*>(view_.data()) + frame_ * b;
+      else p.f64 = static_cast<const double*>(view_.data()) + frame_ * b;
+    } else {
+      p.f64 = f64_.data() + frame_ * b;
+    }
+    p.stride = static_cast<long>(cell_);
+    p.step = static_cast<long>(channel_);
     return p;
   }
 
  private:
-  bool planes_, is_f32_;
-  py::ssize_t n_;
-  py::array_t<float, py::array::c_style> f32_;
+  // A native-order float32 / float64 array whose strides are whole elements.
+  static bool in_place(const py::object& obj) {
+    if (!py::array_t<float>::check_(obj) && !py::array_t<double>::check_(obj)) return false;
+    const auto a = py::reinterpret_borrow<py::array>(obj);
+    for (py::ssize_t d = 0; d < a.ndim(); ++d)
+      if (a.strides(d) % a.itemsize() != 0) return false;
+    return true;
+  }
+
+  bool in_place_ = false, is_f32_ = false;
+  py::ssize_t cell_ = 1, channel_ = 1, frame_ = 0;
+  py::array view_;
   Array f64_;
 };
 

@@ -339,3 +339,68 @@ def test_robust_refit_bounds_the_pull_of_biased_inliers():
                 dict(robust_scale=1.0, training=True)):
         with pytest.raises(ValueError, match="robust"):
             ransac.estimate_pose(coords, K, stride=STRIDE, **bad)
+
+
+def test_strided_maps_are_read_in_place_and_give_the_same_pose():
+    coords, K, T, _, _ = synthetic_frame(21, 0.4)
+    dense = np.ascontiguousarray(coords)
+    ref = ransac.estimate_pose(dense, K, seed=4)
+    assert_pose_close(ref.pose, T)
+    channel_last = np.ascontiguousarray(dense.transpose(1, 2, 0)).transpose(2, 0, 1)  # (H, W, 3) memory
+    reversed_cells = np.ascontiguousarray(dense[:, ::-1, ::-1])[:, ::-1, ::-1]  # negative strides
+    padded = np.zeros((3, H, W + 5), np.float32)
+    padded[:, :, :W] = dense
+    variants = {"channel-last": channel_last, "negative strides": reversed_cells,
+                "channel-last float64": channel_last.astype(np.float64), "padded rows": padded[:, :, :W]}
+    for name, view in variants.items():
+        assert not view.flags.c_contiguous
+        if name != "padded rows":  # its cells do not flatten to one stride: copied, still correct
+            assert np.shares_memory(ransac._map_planes(view, "coords"), view), name
+        res = ransac.estimate_pose(view, K, seed=4)
+        assert np.array_equal(res.R, ref.R) and np.array_equal(res.t, ref.t), name
+        assert np.array_equal(res.inliers, ref.inliers), name
+    # a batch of channel-last maps, frames read at the batch stride
+    batch = np.ascontiguousarray(np.stack([dense, dense[:, ::-1]]).transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
+    out = ransac.estimate_pose_batch(batch, K, seed=[4, 4], num_threads=1)
+    assert np.array_equal(out[0].R, ref.R)
+    assert np.array_equal(out[1].R, ransac.estimate_pose(np.ascontiguousarray(dense[:, ::-1]), K, seed=4).R)
+    # NaN and inf are found in a strided map too
+    bad = channel_last.copy(order="K")
+    bad[1, 7, 3] = np.nan
+    assert not bad.flags.c_contiguous
+    with pytest.raises(ValueError, match="NaN"):
+        ransac.estimate_pose(bad, K)
+    bad[1, 7, 3] = -np.inf
+    with pytest.raises(ValueError, match="NaN or inf"):
+        ransac.estimate_pose(bad, K)
+
+
+def test_options_and_intrinsics_checked_once_still_apply_per_call():
+    coords, K, T, _, _ = synthetic_frame(22, 0.3)
+    first = ransac.estimate_pose(coords, K, seed=5, threshold=8.0)
+    other = ransac.estimate_pose(coords, K, seed=6, threshold=8.0)
+    again = ransac.estimate_pose(coords, K, seed=5, threshold=8.0)
+    assert np.array_equal(first.R, again.R) and first.num_samples == again.num_samples
+    assert (other.num_samples, other.selected_score) != (first.num_samples, first.selected_score)
+    # the seed is checked on every call, cached options or not
+    for seed in (-1, 2 ** 64, "x"):
+        with pytest.raises(ValueError, match="seed"):
+            ransac.estimate_pose(coords, K, seed=seed, threshold=8.0)
+    # an unhashable value is validated the usual way
+    assert np.array_equal(ransac.estimate_pose(coords, K, seed=5, threshold=np.array(8.0)).R, first.R)
+    with pytest.raises(ValueError, match="threshold"):
+        ransac.estimate_pose(coords, K, threshold=np.array(-1.0))
+    # 64 and 64.0 are different options: the float is refused although the int was seen first
+    ransac.estimate_pose(coords, K, num_hypotheses=64)
+    with pytest.raises(ValueError, match="num_hypotheses"):
+        ransac.estimate_pose(coords, K, num_hypotheses=64.0)
+    # K: a new matrix (or the same one changed in place) is checked again; bad ones still raise
+    K2 = K.copy()
+    K2[0, 2] += 4.0
+    moved = ransac.estimate_pose(coords, K2, seed=5, threshold=8.0)
+    assert not np.array_equal(moved.t, first.t)
+    K2[0, 0] = -1.0
+    with pytest.raises(ValueError, match="focal"):
+        ransac.estimate_pose(coords, K2)
+    Kv = ransac._intrinsics(K)
+    assert not Kv.flags.writeable and np.array_equal(Kv, [K[0, 0], K[1, 1], K[0, 2], K[1, 2]])

@@ -93,9 +93,9 @@ int build_frame_from(const double* pixels, const T* points, long stride, long st
   f.wsum = 0.0;
   const size_t cap = static_cast<size_t>(n_total);
   if (!weights && !camera_points) {
-    // Every correspondence counts: straight copies instead of the filtering loop below. Both point
-    // layouts fill 3 * n_total consecutive values.
-    if (!all_finite(pixels, 2 * cap) || !all_finite(points, 3 * cap)) return kNonFinite;
+    // Every correspondence counts: straight copies instead of the filtering loop below; the points
+    // are checked once copied (any strides).
+    if (!all_finite(pixels, 2 * cap)) return kNonFinite;
     f.u.resize(cap); f.v.resize(cap); f.X.resize(cap); f.Y.resize(cap); f.Z.resize(cap);
     f.uc.resize(cap); f.vc.resize(cap);
     f.w.assign(cap, 1.0);
@@ -121,6 +121,7 @@ int build_frame_from(const double* pixels, const T* points, long stride, long st
       vc[i] = v[i] - K.cy;
       original[i] = static_cast<int>(i);
     }
+    if (!all_finite(X, cap) || !all_finite(Y, cap) || !all_finite(Z, cap)) return kNonFinite;
     f.n = n_total;
     f.wsum = static_cast<double>(n_total);
     return check_spread(f);

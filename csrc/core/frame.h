@@ -36,7 +36,8 @@ struct Frame {
 };
 
 // The caller's scene points, float64 or float32: coordinate k of point i at data[i * stride + k * step]
-// ((n, 3) rows: stride 3, step 1; (3, n) planes, as a coordinate map holds them: stride 1, step n).
+// ((n, 3) rows: stride 3, step 1; (3, n) planes, as a coordinate map holds them: stride 1, step n;
+// any other strides, e.g. a channel-last map read as planes: stride 3, step 1).
 struct PointArray {
   const double* f64 = nullptr;
   const float* f32 = nullptr;

@@ -35,6 +35,7 @@ pose. Without the kernels they are solved on the CPU after a one-time warning; `
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import math
 from dataclasses import dataclass
@@ -96,7 +97,7 @@ class RansacOptions:
             ("lm_iterations", self.lm_iterations >= 0),
             ("preemptive_cells", self.preemptive_cells >= 0),
             ("preemptive_keep", self.preemptive_keep >= 1),
-            ("seed", 0 <= int(self.seed) < 2 ** 64),
+            ("seed", _valid_seed(self.seed)),
             ("robust_scale", math.isfinite(self.robust_scale) and self.robust_scale >= 0),
             ("robust_rounds", self.robust_rounds >= 0),
         ]
@@ -202,11 +203,34 @@ def _as_weights(x: Optional[ArrayLike], name: str, shape: Tuple[int, ...]) -> Op
 
 
 def _intrinsics(K: ArrayLike, name: str = "K") -> np.ndarray:
-    """(fx, fy, cx, cy) from a 3x3 pinhole matrix, checked by geometry.check_intrinsics."""
+    """(fx, fy, cx, cy) from a 3x3 pinhole matrix, checked by geometry.check_intrinsics.
+
+    A float64 numpy K is checked once per distinct matrix (cached on its bytes): the same camera
+    comes back every frame. The result is read-only."""
+    if type(K) is np.ndarray and K.dtype == np.float64 and K.shape == (3, 3):
+        return _intrinsics_cached(K.tobytes(), name)
+    return _intrinsics_checked(K, name)
+
+
+def _intrinsics_checked(K: ArrayLike, name: str) -> np.ndarray:
     (fx, skew, cx), (_, fy, cy), _ = geometry.check_intrinsics(_to_numpy(K, name), name).tolist()
     if skew != 0:
         raise ValueError(f"{name}: skewed intrinsics (K[0, 1] != 0) are not supported")
-    return np.array((fx, fy, cx, cy))
+    out = np.array((fx, fy, cx, cy))
+    out.flags.writeable = False
+    return out
+
+
+@functools.lru_cache(maxsize=32)
+def _intrinsics_cached(K_bytes: bytes, name: str) -> np.ndarray:
+    return _intrinsics_checked(np.frombuffer(K_bytes).reshape(3, 3), name)
+
+
+def _valid_seed(seed: Any) -> bool:
+    try:
+        return 0 <= int(seed) < 2 ** 64
+    except (TypeError, ValueError):
+        return False
 
 
 def _options(options: dict) -> RansacOptions:
@@ -215,6 +239,33 @@ def _options(options: dict) -> RansacOptions:
     except TypeError as exc:
         raise ValueError(f"unknown RANSAC option: {exc}") from None
     return opts.validate()
+
+
+@functools.lru_cache(maxsize=64)
+def _options_cached(items: Tuple[Tuple[str, type, Any], ...]) -> Tuple[RansacOptions, dict]:
+    opts = _options({k: v for k, _, v in items})
+    return opts, opts.to_core()
+
+
+def _options_for_core(options: dict) -> Tuple[RansacOptions, dict]:
+    """``_options(options)`` without its seed, and the dict for the core with it.
+
+    Validated once per distinct set of options (cached on everything but the seed, which usually
+    changes every call and is checked here): a frame's Python overhead is a few microseconds, most
+    of what a cold call into the core costs besides the core itself. Neither result may be mutated
+    (the dict is copied when a seed is set)."""
+    seed = options.get("seed", 0)
+    try:
+        key = tuple(sorted((k, type(v), v) for k, v in options.items() if k != "seed"))
+        opts, core = _options_cached(key)
+    except TypeError:  # an unhashable value: validate it uncached (and raise the usual message)
+        opts = _options(options)
+        return opts, opts.to_core()
+    if not (type(seed) is int and seed == 0):
+        if not _valid_seed(seed):
+            raise ValueError(f"seed: invalid value {seed!r}")
+        core = dict(core, seed=seed)
+    return opts, core
 
 
 def _check_finite(values: np.ndarray, valid: Optional[np.ndarray], name: str) -> None:
@@ -263,9 +314,10 @@ def _pixel_grid(H: int, W: int, stride: int) -> np.ndarray:
 
 
 def _map_planes(coords: ArrayLike, name: str, lead: Tuple[Optional[int], ...] = ()) -> np.ndarray:
-    """``(..., 3, H, W)`` map -> ``(..., 3, H * W)`` planes, float32 or float64 (dtype and shape checked;
-    a contiguous float32 / float64 map is used as it is, which keeps the per-frame cost of the core's
-    entry points low)."""
+    """``(..., 3, H, W)`` map -> ``(..., 3, H * W)`` planes, float32 or float64 (dtype and shape checked).
+
+    A float32 / float64 map is not copied when its cells flatten to one stride (any C-contiguous
+    map, or a channel-last one seen through a transposed view): the core reads it with its strides."""
     arr = _to_numpy(coords, name)
     shape = lead + (3, None, None)
     if arr.dtype.kind not in _REAL_KINDS:
@@ -274,10 +326,10 @@ def _map_planes(coords: ArrayLike, name: str, lead: Tuple[Optional[int], ...] = 
         want = "(" + ", ".join("N" if s is None else str(s) for s in shape) + ")"
         want = want.replace("N, 3, N, N", "B, 3, H, W").replace("(3, N, N)", "(3, H, W)")
         raise ValueError(f"{name}: expected shape {want}, got {tuple(arr.shape)}")
-    flat = arr.reshape(arr.shape[:-2] + (-1,))
-    if flat.dtype != np.float32:
-        flat = flat.astype(np.float64, copy=False)
-    return np.ascontiguousarray(flat)
+    flat = arr.reshape(arr.shape[:-2] + (-1,))  # a view where the strides allow it
+    if flat.dtype != np.float32 and flat.dtype != np.float64:
+        flat = flat.astype(np.float64)
+    return flat
 
 
 def _map_points(coords: ArrayLike, name: str, lead: Tuple[Optional[int], ...] = ()) -> np.ndarray:
@@ -346,18 +398,21 @@ def estimate_pose(coords: ArrayLike, K: ArrayLike, stride: int = 8, *, mask: Opt
     Returns:
         :class:`PoseResult` with ``inliers`` of shape ``(H, W)``.
     """
-    opts = _options(options)
-    from . import ransac_gpu
+    opts, core_opts = _options_for_core(options)
+    if not (device is None and type(coords) is np.ndarray):  # else the CPU, without asking
+        from . import ransac_gpu
 
-    if ransac_gpu.use_gpu(coords, device, opts):
-        return ransac_gpu.estimate_pose_maps(coords, K, stride, mask=mask, weights=weights, seeds=[opts.seed],
-                                             options=opts, num_threads=opts.num_threads, single=True,
-                                             device=None if device in (None, "auto") else device)[0]
+        if ransac_gpu.use_gpu(coords, device, opts):
+            seed = core_opts["seed"]
+            return ransac_gpu.estimate_pose_maps(coords, K, stride, mask=mask, weights=weights, seeds=[seed],
+                                                 options=dataclasses.replace(opts, seed=seed),
+                                                 num_threads=opts.num_threads, single=True,
+                                                 device=None if device in (None, "auto") else device)[0]
     Kv = _intrinsics(K)
     pixels, planes, w, shape = _map_correspondences(coords, stride, mask, weights)
     _count_valid(w, planes.shape[1], "coords")
     with _named_core_error(planes[None], None if w is None else w[None], ["coords"]):
-        d = _core.ransac(pixels, planes, None, w, Kv, opts.to_core(), planes=True)
+        d = _core.ransac(pixels, planes, None, w, Kv, core_opts, planes=True)
     return _result(d, shape)
 
 
