@@ -30,8 +30,8 @@ int generate_poses(const Frame& f, Model model, const int* s, Pose* out) {
     double bearings[9], pts[9];
     for (int k = 0; k < 3; ++k) {
       const int i = s[k];
-      bearings[3 * k] = (f.u[i] - f.K.cx) / f.K.fx;
-      bearings[3 * k + 1] = (f.v[i] - f.K.cy) / f.K.fy;
+      bearings[3 * k] = f.uc[i] / f.K.fx;  // uc = u - cx: the same double as (u - cx) / fx
+      bearings[3 * k + 1] = f.vc[i] / f.K.fy;
       bearings[3 * k + 2] = 1.0;
       pts[3 * k] = f.X[i];
       pts[3 * k + 1] = f.Y[i];
@@ -42,12 +42,37 @@ int generate_poses(const Frame& f, Model model, const int* s, Pose* out) {
   return rigid_align_indexed(f.points.data(), f.camera.data(), nullptr, s, 3, out[0]) ? 1 : 0;
 }
 
-bool draw_hypothesis(const Frame& f, Model model, const ScoreParams& sp, Rng& rng, Pose& pose, int* s) {
-  const uint32_t n = static_cast<uint32_t>(f.n);
-  s[0] = static_cast<int>(rng.below(n));
-  do { s[1] = static_cast<int>(rng.below(n)); } while (s[1] == s[0]);
-  do { s[2] = static_cast<int>(rng.below(n)); } while (s[2] == s[0] || s[2] == s[1]);
-  do { s[3] = static_cast<int>(rng.below(n)); } while (s[3] == s[0] || s[3] == s[1] || s[3] == s[2]);
+void draw_sample(Rng& rng, int n, int* s) {
+  const uint32_t m = static_cast<uint32_t>(n);
+  s[0] = static_cast<int>(rng.below(m));
+  do { s[1] = static_cast<int>(rng.below(m)); } while (s[1] == s[0]);
+  do { s[2] = static_cast<int>(rng.below(m)); } while (s[2] == s[0] || s[2] == s[1]);
+  do { s[3] = static_cast<int>(rng.below(m)); } while (s[3] == s[0] || s[3] == s[1] || s[3] == s[2]);
+}
+
+void prefetch_sample(const Frame& f, Model model, const int* s) {
+#if defined(__GNUC__) || defined(__clang__)
+  // A frame's arrays outgrow the L2 cache (and a cold call finds them in DRAM): a sample's 4
+  // random cells cost ~20 cache misses, as much time as solving its P3P.
+  for (int k = 0; k < 4; ++k) {
+    const size_t i = static_cast<size_t>(s[k]);
+    if (model == Model::kPnP) {
+      __builtin_prefetch(f.uc.data() + i);
+      __builtin_prefetch(f.vc.data() + i);
+      __builtin_prefetch(f.X.data() + i);
+      __builtin_prefetch(f.Y.data() + i);
+      __builtin_prefetch(f.Z.data() + i);
+    } else {
+      __builtin_prefetch(f.points.data() + 3 * i);
+      __builtin_prefetch(f.camera.data() + 3 * i);
+    }
+  }
+#else
+  (void)f; (void)model; (void)s;
+#endif
+}
+
+bool hypothesis_from_sample(const Frame& f, Model model, const ScoreParams& sp, const int* s, Pose& pose) {
   Pose cands[4];
   const int m = generate_poses(f, model, s, cands);
   int best = -1;
@@ -65,6 +90,11 @@ bool draw_hypothesis(const Frame& f, Model model, const ScoreParams& sp, Rng& rn
   if (best < 0) return false;
   pose = cands[best];
   return true;
+}
+
+bool draw_hypothesis(const Frame& f, Model model, const ScoreParams& sp, Rng& rng, Pose& pose, int* s) {
+  draw_sample(rng, f.n, s);
+  return hypothesis_from_sample(f, model, sp, s, pose);
 }
 
 namespace {
@@ -126,11 +156,17 @@ void finish(const Frame& f, Model model, const RansacOptions& o, const ScorePara
 }
 
 // Fixed mode, hypothesis h: its own random stream, at most max_tries_per_hypothesis samples.
+// Each sample's successor is drawn (and its cells prefetched) before the sample is solved.
 void draw_fixed(const Frame& f, Model model, const RansacOptions& o, const ScoreParams& sp, int h, Hypothesis& hy) {
   Rng rng(o.seed, static_cast<uint64_t>(h));
+  int next[4];
+  draw_sample(rng, f.n, next);
   while (hy.tries < o.max_tries_per_hypothesis) {
     ++hy.tries;
-    if (draw_hypothesis(f, model, sp, rng, hy.pose, hy.sample)) {
+    std::copy(next, next + 4, hy.sample);
+    draw_sample(rng, f.n, next);
+    prefetch_sample(f, model, next);
+    if (hypothesis_from_sample(f, model, sp, hy.sample, hy.pose)) {
       hy.valid = true;
       return;
     }
@@ -189,6 +225,12 @@ void ransac_fixed(const Frame& f, Model model, const RansacOptions& o, const Sco
   for (int h = 0; h < M; ++h) {
     Hypothesis& hy = hyps[static_cast<size_t>(h)];
     draw_fixed(f, model, o, sp, h, hy);
+    if (h + 1 < M) {  // the next hypothesis's first sample loads while this one is scored
+      Rng next_rng(o.seed, static_cast<uint64_t>(h + 1));
+      int next[4];
+      draw_sample(next_rng, f.n, next);
+      prefetch_sample(f, model, next);
+    }
     if (!hy.valid) continue;
     if (preempt) {
       hy.score = soft_score_packed(pk.subset, f.K, hy.pose, sp, 0, o.preemptive_cells,
@@ -283,12 +325,16 @@ void ransac_adaptive(const Frame& f, Model model, const RansacOptions& o, const 
   if (!o.exact_scoring) pack_frame(f, 0, o.seed, pk);
   while (drawn < o.max_iterations && (drawn < o.min_iterations || static_cast<double>(drawn) < needed)) {
     const int count = static_cast<int>(std::min<int64_t>(kAdaptiveBlock, o.max_iterations - drawn));
+    // Draw k uses the random stream drawn + k; its sample is in hy.sample.
+    const auto sample_of = [&](int k) {
+      Rng rng(o.seed, static_cast<uint64_t>(drawn + k));
+      draw_sample(rng, f.n, block[static_cast<size_t>(k)].sample);
+    };
     auto one_draw = [&](int k) {
       Hypothesis& hy = block[static_cast<size_t>(k)];
       hy.valid = false;
       hy.complete = false;
-      Rng rng(o.seed, static_cast<uint64_t>(drawn + k));
-      if (!draw_hypothesis(f, model, sp, rng, hy.pose, hy.sample)) return;
+      if (!hypothesis_from_sample(f, model, sp, hy.sample, hy.pose)) return;
       hy.valid = true;
       const double stop = o.early_exit ? best.load(std::memory_order_relaxed) : -std::numeric_limits<double>::infinity();
       const ScoreOut so = o.exact_scoring ? soft_score(f, hy.pose, sp, stop)
@@ -300,9 +346,21 @@ void ransac_adaptive(const Frame& f, Model model, const RansacOptions& o, const 
     };
     if (threads > 1) {
 #pragma omp parallel for schedule(dynamic, 4) num_threads(threads)
-      for (int k = 0; k < count; ++k) one_draw(k);
+      for (int k = 0; k < count; ++k) {
+        sample_of(k);
+        one_draw(k);
+      }
     } else {
-      for (int k = 0; k < count; ++k) one_draw(k);  // no OpenMP region: most draws cost ~1 us
+      // No OpenMP region (most draws cost ~1 us); each draw's successor is sampled and prefetched
+      // before it is solved.
+      sample_of(0);
+      for (int k = 0; k < count; ++k) {
+        if (k + 1 < count) {
+          sample_of(k + 1);
+          prefetch_sample(f, model, block[static_cast<size_t>(k + 1)].sample);
+        }
+        one_draw(k);
+      }
     }
     for (int k = 0; k < count; ++k) {
       const Hypothesis& hy = block[static_cast<size_t>(k)];

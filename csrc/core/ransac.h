@@ -80,6 +80,12 @@ int generate_poses(const Frame& f, Model model, const int* s, Pose* out);
 // the one whose worst reprojection error over all 4 is smallest is kept if that error is below
 // tau (the DSAC* "4th cell must agree" rule). Returns false when no pose qualifies.
 bool draw_hypothesis(const Frame& f, Model model, const ScoreParams& sp, Rng& rng, Pose& pose, int* s);
+// draw_hypothesis in its two steps: the 4 distinct cells (n >= 4 valid ones), and the hypothesis
+// from them. Between the two a loop can draw the next sample and prefetch_sample() it, so that
+// its cells arrive from memory while this one is solved (the same draws, in the same order).
+void draw_sample(Rng& rng, int n, int* s);
+bool hypothesis_from_sample(const Frame& f, Model model, const ScoreParams& sp, const int* s, Pose& pose);
+void prefetch_sample(const Frame& f, Model model, const int* s);
 
 // Solve one frame. `model` picks PnP (pixels + scene points) or rigid (camera + scene points).
 void ransac(const Frame& frame, Model model, const RansacOptions& options, RansacResult& result);
