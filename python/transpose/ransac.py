@@ -34,7 +34,6 @@ pose. Without the kernels they are solved on the CPU after a one-time warning; `
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import functools
 import math
@@ -242,8 +241,8 @@ def _options(options: dict) -> RansacOptions:
 
 
 @functools.lru_cache(maxsize=64)
-def _options_cached(items: Tuple[Tuple[str, type, Any], ...]) -> Tuple[RansacOptions, dict]:
-    opts = _options({k: v for k, _, v in items})
+def _options_cached(keys: Tuple[str, ...], values: Tuple[Any, ...], types: Tuple[type, ...]) -> Tuple[RansacOptions, dict]:
+    opts = _options(dict(zip(keys, values)))
     return opts, opts.to_core()
 
 
@@ -254,10 +253,10 @@ def _options_for_core(options: dict) -> Tuple[RansacOptions, dict]:
     changes every call and is checked here): a frame's Python overhead is a few microseconds, most
     of what a cold call into the core costs besides the core itself. Neither result may be mutated
     (the dict is copied when a seed is set)."""
-    seed = options.get("seed", 0)
-    try:
-        key = tuple(sorted((k, type(v), v) for k, v in options.items() if k != "seed"))
-        opts, core = _options_cached(key)
+    rest = dict(options)
+    seed = rest.pop("seed", 0)
+    try:  # keys in call order, values with their types (64 and 64.0 are different options)
+        opts, core = _options_cached(tuple(rest), tuple(rest.values()), tuple(map(type, rest.values())))
     except TypeError:  # an unhashable value: validate it uncached (and raise the usual message)
         opts = _options(options)
         return opts, opts.to_core()
@@ -352,7 +351,14 @@ def _map_correspondences(coords: ArrayLike, stride: int, mask: Optional[ArrayLik
                          name: str = "coords"):
     """Flatten a (3, H, W) map: pixels (H*W, 2), points as (3, H*W) planes, weights (H*W,) or None, (H, W).
 
-    Finiteness is left to the core (see _named_core_error)."""
+    Finiteness is left to the core (see _raise_named)."""
+    if (mask is None and weights is None and type(coords) is np.ndarray and coords.ndim == 3
+            and coords.shape[0] == 3 and (coords.dtype == np.float32 or coords.dtype == np.float64)
+            and type(stride) is int and stride > 0):
+        # The common case, every check below passing: what it returns, in a few operations (a
+        # cold call pays ~100 ns for each Python-level step).
+        H, W = coords.shape[1:]
+        return _pixel_grid(H, W, stride), coords.reshape(3, H * W), None, (H, W)
     points = _map_planes(coords, name)
     H, W = np.shape(coords)[1:]
     stride = _check_stride(stride)
@@ -362,17 +368,13 @@ def _map_correspondences(coords: ArrayLike, stride: int, mask: Optional[ArrayLik
     return _pixel_grid(H, W, stride), points, wflat, (H, W)
 
 
-@contextlib.contextmanager
-def _named_core_error(planes: np.ndarray, weights: Optional[np.ndarray], names: Sequence[str]):
-    """The core checks coordinate maps for NaN / inf itself (one vectorised pass, cheaper than a
-    numpy check on every frame); when it raises, name the map (frame) at fault if that was it.
-    ``planes``: (B, 3, N) maps, ``weights``: (B, N) or None, ``names``: one per map."""
-    try:
-        yield
-    except ValueError:
-        for b, name in enumerate(names):
-            _check_finite(planes[b].T, None if weights is None else weights[b] > 0, name)
-        raise
+def _raise_named(planes: np.ndarray, weights: Optional[np.ndarray], names: Sequence[str]) -> None:
+    """After the core raised ValueError: the core checks coordinate maps for NaN / inf itself (one
+    vectorised pass, cheaper than a numpy check on every frame); raise instead an error naming the
+    map (frame) at fault if that was it. ``planes``: (B, 3, N) maps, ``weights``: (B, N) or None,
+    ``names``: one per map."""
+    for b, name in enumerate(names):
+        _check_finite(planes[b].T, None if weights is None else weights[b] > 0, name)
 
 
 # --------------------------------------------------------------------------- estimators
@@ -411,8 +413,11 @@ def estimate_pose(coords: ArrayLike, K: ArrayLike, stride: int = 8, *, mask: Opt
     Kv = _intrinsics(K)
     pixels, planes, w, shape = _map_correspondences(coords, stride, mask, weights)
     _count_valid(w, planes.shape[1], "coords")
-    with _named_core_error(planes[None], None if w is None else w[None], ["coords"]):
+    try:
         d = _core.ransac(pixels, planes, None, w, Kv, core_opts, planes=True)
+    except ValueError:
+        _raise_named(planes[None], None if w is None else w[None], ["coords"])
+        raise
     return _result(d, shape)
 
 
@@ -540,8 +545,11 @@ def estimate_pose_batch(coords: ArrayLike, K: ArrayLike, stride: int = 8, *, mas
     for b in range(B):
         _count_valid(None if w is None else w[b], H * W, f"coords[{b}]")
     pixels = np.ascontiguousarray(np.broadcast_to(_pixel_grid(H, W, stride), (B, H * W, 2)))
-    with _named_core_error(planes, w, [f"coords[{b}]" for b in range(B)]):
+    try:
         out = _core.ransac_batch(pixels, planes, None, w, Kv, seeds, opts.to_core(), int(num_threads), planes=True)
+    except ValueError:
+        _raise_named(planes, w, [f"coords[{b}]" for b in range(B)])
+        raise
     return [_result(d, (H, W)) for d in out]
 
 
