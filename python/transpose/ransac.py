@@ -249,10 +249,10 @@ def _options_cached(keys: Tuple[str, ...], values: Tuple[Any, ...], types: Tuple
 def _options_for_core(options: dict) -> Tuple[RansacOptions, dict]:
     """``_options(options)`` without its seed, and the dict for the core with it.
 
-    Validated once per distinct set of options (cached on everything but the seed, which usually
-    changes every call and is checked here): a frame's Python overhead is a few microseconds, most
-    of what a cold call into the core costs besides the core itself. Neither result may be mutated
-    (the dict is copied when a seed is set)."""
+    Validated once per distinct set of options and cached on everything but the seed, which usually
+    changes every call and is checked here: right after other work (a network, another solver) each
+    Python-level step costs ~100 ns, and validating the options every frame cost 30-70 us of a
+    ~0.8 ms call. Neither result may be mutated (the dict is copied when a seed is set)."""
     rest = dict(options)
     seed = rest.pop("seed", 0)
     try:  # keys in call order, values with their types (64 and 64.0 are different options)
