@@ -442,12 +442,12 @@ def estimate_pose_from_points(pixels: ArrayLike, points: ArrayLike, K: ArrayLike
 
     ``mask (N,)`` / ``weights (N,)`` as in :func:`estimate_pose`; ``inliers`` has shape ``(N,)``.
     """
-    opts = _options(options)
+    _, core_opts = _options_for_core(options)
     Kv = _intrinsics(K)
     px, pts, w = _point_correspondences(pixels, points, mask, weights)
     n = px.shape[0]
     _count_valid(w, n, "points")
-    return _result(_core.ransac(px, pts, None, w, Kv, opts.to_core()), (n,))
+    return _result(_core.ransac(px, pts, None, w, Kv, core_opts), (n,))
 
 
 def estimate_pose_rgbd(camera_points: ArrayLike, scene_points: ArrayLike, K: ArrayLike, *,
@@ -466,7 +466,7 @@ def estimate_pose_rgbd(camera_points: ArrayLike, scene_points: ArrayLike, K: Arr
         K: ``(3, 3)`` intrinsics (used to place camera points in the image).
         mask, weights: ``(N,)`` or ``(H, W)``, as in :func:`estimate_pose`.
     """
-    opts = _options(options)
+    _, core_opts = _options_for_core(options)
     Kv = _intrinsics(K)
     cam = _to_numpy(camera_points, "camera_points")
     if cam.ndim == 3:
@@ -490,7 +490,7 @@ def estimate_pose_rgbd(camera_points: ArrayLike, scene_points: ArrayLike, K: Arr
     safe = np.ascontiguousarray(np.where(has_depth[:, None], cam_a, np.array([0.0, 0.0, 1.0])))
     uv, _ = geometry.project(safe, np.eye(4), geometry.intrinsics_matrix(*Kv))  # camera frame = world here
     pixels = np.ascontiguousarray(uv)
-    return _result(_core.ransac(pixels, scene, safe, w, Kv, opts.to_core()), tuple(shape))
+    return _result(_core.ransac(pixels, scene, safe, w, Kv, core_opts), tuple(shape))
 
 
 def estimate_pose_batch(coords: ArrayLike, K: ArrayLike, stride: int = 8, *, mask: Optional[ArrayLike] = None,
