@@ -149,7 +149,16 @@ py::array_t<double> poses_t(const std::vector<Pose>& poses) {
   return out;
 }
 
-py::dict result_dict(const RansacResult& r) {
+// Options as the core takes them: a CoreOptions (parsed once, e.g. cached by ransac.py) or a dict.
+RansacOptions options_arg(const py::object& obj) {
+  if (py::isinstance<RansacOptions>(obj)) return obj.cast<RansacOptions>();
+  if (!py::isinstance<py::dict>(obj)) throw py::value_error("options: expected a dict or a CoreOptions");
+  return options_from(obj.cast<py::dict>());
+}
+
+// The result as a dict holding every field of ransac.PoseResult (None where a mode has none),
+// so that Python can take it as the result's attributes; inliers shaped `shape` when given.
+py::dict result_dict(const RansacResult& r, const py::object& shape = py::none()) {
   if (r.status != kOk) throw py::value_error(status_message(r.status));
   py::dict d;
   d["R"] = mat3(r.pose.R);
@@ -170,11 +179,13 @@ py::dict result_dict(const RansacResult& r) {
   py::array_t<bool> inl(static_cast<py::ssize_t>(r.inliers.size()));
   bool* m = inl.mutable_data();
   for (size_t k = 0; k < r.inliers.size(); ++k) m[k] = r.inliers[k] != 0;
-  d["inliers"] = inl;
+  d["inliers"] = shape.is_none() ? py::object(inl) : py::object(inl.reshape(shape.cast<std::vector<py::ssize_t>>()));
   d["num_hypotheses"] = r.num_hypotheses;
   d["num_samples"] = r.num_samples;
   d["selected"] = r.selected;
   d["selected_score"] = r.selected_score;
+  for (const char* key : {"hypotheses_R", "hypotheses_t", "logits", "samples", "refined_R", "refined_t"})
+    d[key] = py::none();
   if (!r.logits.empty()) {
     d["hypotheses_R"] = poses_R(r.hypotheses);
     d["hypotheses_t"] = poses_t(r.hypotheses);
@@ -257,7 +268,8 @@ class ScenePoints {
 };
 
 py::dict ransac_single(const Array& pixels, const py::object& points_obj, const py::object& camera_points,
-                       const py::object& weights, const Array& K, const py::dict& opts, bool planes) {
+                       const py::object& weights, const Array& K, const py::object& opts, bool planes,
+                       const py::object& seed, const py::object& shape) {
   const auto dims = expect_shape(pixels, "pixels", {-1, 2});
   const py::ssize_t n = dims[0];
   const ScenePoints points(points_obj, planes, -1, n);
@@ -271,7 +283,14 @@ py::dict ransac_single(const Array& pixels, const py::object& points_obj, const 
   }
   const double* w = optional_weights(weights, n, w_holder);
   const Intrinsics in = intrinsics_from(K);
-  const RansacOptions o = options_from(opts);
+  RansacOptions o = options_arg(opts);
+  if (!seed.is_none()) {
+    try {
+      o.seed = seed.cast<uint64_t>();
+    } catch (const py::cast_error&) {
+      throw py::value_error("seed: expected an integer in [0, 2**64)");
+    }
+  }
   RansacResult r;
   {
     py::gil_scoped_release release;
@@ -282,7 +301,7 @@ py::dict ransac_single(const Array& pixels, const py::object& points_obj, const 
     else
       ransac(f, cam ? Model::kRigid : Model::kPnP, o, r);
   }
-  return result_dict(r);
+  return result_dict(r, shape);
 }
 
 py::list ransac_batch_py(const Array& pixels, const py::object& points_obj, const py::object& camera_points,
@@ -728,11 +747,20 @@ PYBIND11_MODULE(_core, m) {
         "list of (R (3, 3), t (3,)) world-to-camera solutions.");
   m.def("rigid_align", &rigid_align_py, py::arg("src"), py::arg("dst"), py::arg("weights") = py::none(),
         "Weighted rigid alignment dst ~ R src + t of (N, 3) point sets -> (R, t).");
+  py::class_<RansacOptions>(m, "CoreOptions",
+                            "RANSAC options parsed and checked once (from a dict of RansacOptions fields), "
+                            "for callers that pass the same options every frame.")
+      .def(py::init([](const py::dict& d) { return options_from(d); }), py::arg("options"))
+      .def_readonly("seed", &RansacOptions::seed)
+      .def_readonly("num_hypotheses", &RansacOptions::num_hypotheses)
+      .def_readonly("threshold", &RansacOptions::threshold);
   m.def("ransac", &ransac_single, py::arg("pixels"), py::arg("points"), py::arg("camera_points") = py::none(),
         py::arg("weights") = py::none(), py::arg("K"), py::arg("options") = py::dict(), py::arg("planes") = false,
+        py::arg("seed") = py::none(), py::arg("shape") = py::none(),
         "RANSAC pose of one frame: pixels (N, 2), scene points (N, 3) (planes: (3, N), float32 or float64, "
         "as a flattened coordinate map), optional camera points (N, 3) for RGB-D, optional weights (N,) "
-        "(0 drops a cell), K = (fx, fy, cx, cy). Returns a dict.");
+        "(0 drops a cell), K = (fx, fy, cx, cy), options a dict or a CoreOptions, seed (overrides the "
+        "options'), shape of the returned inlier mask (default (N,)). Returns a dict.");
   m.def("ransac_batch", &ransac_batch_py, py::arg("pixels"), py::arg("points"),
         py::arg("camera_points") = py::none(), py::arg("weights") = py::none(), py::arg("K"), py::arg("seeds"),
         py::arg("options") = py::dict(), py::arg("num_threads") = 0, py::arg("planes") = false,

@@ -1,10 +1,12 @@
 """RANSAC/PnP core through transpose.ransac on synthetic 80x60 coordinate maps (640x480, f = 525)."""
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
 
 from transpose import geometry as g
-from transpose import ransac
+from transpose import _core, ransac
 
 H, W, STRIDE, FOCAL = 60, 80, 8, 525.0
 
@@ -404,3 +406,23 @@ def test_options_and_intrinsics_checked_once_still_apply_per_call():
         ransac.estimate_pose(coords, K2)
     Kv = ransac._intrinsics(K)
     assert not Kv.flags.writeable and np.array_equal(Kv, [K[0, 0], K[1, 1], K[0, 2], K[1, 2]])
+
+
+def test_core_takes_parsed_options_and_a_separate_seed():
+    coords, K, _, _, _ = synthetic_frame(23, 0.3)
+    pixels, planes, _, shape = ransac._map_correspondences(coords, 8, None, None)
+    Kv = ransac._intrinsics(K)
+    as_dict = _core.ransac(pixels, planes, None, None, Kv, dict(threshold=8.0, seed=9), planes=True)
+    parsed = _core.CoreOptions(dict(threshold=8.0))
+    assert (parsed.seed, parsed.threshold, parsed.num_hypotheses) == (0, 8.0, 64)
+    d = _core.ransac(pixels, planes, None, None, Kv, parsed, True, 9, shape)
+    assert np.array_equal(d["R"], as_dict["R"]) and d["num_samples"] == as_dict["num_samples"]
+    assert d["inliers"].shape == shape and np.array_equal(d["inliers"].reshape(-1), as_dict["inliers"])
+    # the dict holds every PoseResult field, so estimate_pose can take it as the result's attributes
+    assert set(d) == {f.name for f in dataclasses.fields(ransac.PoseResult)}
+    res = ransac.estimate_pose(coords, K, seed=9, threshold=8.0)
+    assert np.array_equal(res.R, d["R"]) and res.logits is None and res.inliers.shape == shape
+    with pytest.raises(ValueError, match="seed"):
+        _core.ransac(pixels, planes, None, None, Kv, parsed, True, -1, shape)
+    with pytest.raises(ValueError, match="threshold"):
+        _core.CoreOptions(dict(threshold=-1.0))

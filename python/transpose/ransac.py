@@ -241,30 +241,31 @@ def _options(options: dict) -> RansacOptions:
 
 
 @functools.lru_cache(maxsize=64)
-def _options_cached(keys: Tuple[str, ...], values: Tuple[Any, ...], types: Tuple[type, ...]) -> Tuple[RansacOptions, dict]:
+def _options_cached(keys: Tuple[str, ...], values: Tuple[Any, ...], types: Tuple[type, ...]) -> Tuple[RansacOptions, Any]:
     opts = _options(dict(zip(keys, values)))
-    return opts, opts.to_core()
+    return opts, _core.CoreOptions(opts.to_core())
 
 
-def _options_for_core(options: dict) -> Tuple[RansacOptions, dict]:
-    """``_options(options)`` without its seed, and the dict for the core with it.
+def _options_for_core(options: dict) -> Tuple[RansacOptions, Any, int]:
+    """``_options(options)`` without its seed, the same parsed for the core (``_core.CoreOptions``),
+    and the seed.
 
-    Validated once per distinct set of options and cached on everything but the seed, which usually
-    changes every call and is checked here: right after other work (a network, another solver) each
-    Python-level step costs ~100 ns, and validating the options every frame cost 30-70 us of a
-    ~0.8 ms call. Neither result may be mutated (the dict is copied when a seed is set)."""
+    Validated and parsed once per distinct set of options, cached on everything but the seed, which
+    usually changes every call and is checked here: right after other work (a network, another
+    solver) each Python-level step costs ~1-3 us, and validating the options every frame cost
+    30-70 us of a ~0.8 ms call. The seed goes to the core as its own argument."""
     rest = dict(options)
     seed = rest.pop("seed", 0)
     try:  # keys in call order, values with their types (64 and 64.0 are different options)
         opts, core = _options_cached(tuple(rest), tuple(rest.values()), tuple(map(type, rest.values())))
     except TypeError:  # an unhashable value: validate it uncached (and raise the usual message)
         opts = _options(options)
-        return opts, opts.to_core()
-    if not (type(seed) is int and seed == 0):
+        return opts, _core.CoreOptions(opts.to_core()), int(opts.seed)
+    if not (type(seed) is int and 0 <= seed < 2 ** 64):
         if not _valid_seed(seed):
             raise ValueError(f"seed: invalid value {seed!r}")
-        core = dict(core, seed=seed)
-    return opts, core
+        seed = int(seed)
+    return opts, core, seed
 
 
 def _check_finite(values: np.ndarray, valid: Optional[np.ndarray], name: str) -> None:
@@ -293,6 +294,15 @@ def _count_valid(weights: Optional[np.ndarray], n: int, name: str) -> None:
     valid = n if weights is None else int(np.count_nonzero(weights))
     if valid < 4:
         raise ValueError(f"{name}: fewer than 4 valid correspondences (got {valid})")
+
+
+def _result_of(d: dict) -> PoseResult:
+    """The result of ``_core.ransac(..., shape=...)``, whose dict holds exactly PoseResult's fields
+    (inliers already shaped): taken as the instance's attributes rather than passed through the
+    generated ``__init__``, ~20 us less on a cold call."""
+    result = object.__new__(PoseResult)
+    result.__dict__.update(d)
+    return result
 
 
 def _result(d: dict, cells_shape: Tuple[int, ...]) -> PoseResult:
@@ -400,12 +410,11 @@ def estimate_pose(coords: ArrayLike, K: ArrayLike, stride: int = 8, *, mask: Opt
     Returns:
         :class:`PoseResult` with ``inliers`` of shape ``(H, W)``.
     """
-    opts, core_opts = _options_for_core(options)
+    opts, core_opts, seed = _options_for_core(options)
     if not (device is None and type(coords) is np.ndarray):  # else the CPU, without asking
         from . import ransac_gpu
 
         if ransac_gpu.use_gpu(coords, device, opts):
-            seed = core_opts["seed"]
             return ransac_gpu.estimate_pose_maps(coords, K, stride, mask=mask, weights=weights, seeds=[seed],
                                                  options=dataclasses.replace(opts, seed=seed),
                                                  num_threads=opts.num_threads, single=True,
@@ -414,11 +423,11 @@ def estimate_pose(coords: ArrayLike, K: ArrayLike, stride: int = 8, *, mask: Opt
     pixels, planes, w, shape = _map_correspondences(coords, stride, mask, weights)
     _count_valid(w, planes.shape[1], "coords")
     try:
-        d = _core.ransac(pixels, planes, None, w, Kv, core_opts, planes=True)
+        d = _core.ransac(pixels, planes, None, w, Kv, core_opts, True, seed, shape)
     except ValueError:
         _raise_named(planes[None], None if w is None else w[None], ["coords"])
         raise
-    return _result(d, shape)
+    return _result_of(d)
 
 
 def _point_correspondences(pixels: ArrayLike, points: ArrayLike, mask: Optional[ArrayLike],
@@ -442,12 +451,12 @@ def estimate_pose_from_points(pixels: ArrayLike, points: ArrayLike, K: ArrayLike
 
     ``mask (N,)`` / ``weights (N,)`` as in :func:`estimate_pose`; ``inliers`` has shape ``(N,)``.
     """
-    _, core_opts = _options_for_core(options)
+    _, core_opts, seed = _options_for_core(options)
     Kv = _intrinsics(K)
     px, pts, w = _point_correspondences(pixels, points, mask, weights)
     n = px.shape[0]
     _count_valid(w, n, "points")
-    return _result(_core.ransac(px, pts, None, w, Kv, core_opts), (n,))
+    return _result_of(_core.ransac(px, pts, None, w, Kv, core_opts, seed=seed, shape=(n,)))
 
 
 def estimate_pose_rgbd(camera_points: ArrayLike, scene_points: ArrayLike, K: ArrayLike, *,
@@ -466,7 +475,7 @@ def estimate_pose_rgbd(camera_points: ArrayLike, scene_points: ArrayLike, K: Arr
         K: ``(3, 3)`` intrinsics (used to place camera points in the image).
         mask, weights: ``(N,)`` or ``(H, W)``, as in :func:`estimate_pose`.
     """
-    _, core_opts = _options_for_core(options)
+    _, core_opts, seed = _options_for_core(options)
     Kv = _intrinsics(K)
     cam = _to_numpy(camera_points, "camera_points")
     if cam.ndim == 3:
@@ -490,7 +499,7 @@ def estimate_pose_rgbd(camera_points: ArrayLike, scene_points: ArrayLike, K: Arr
     safe = np.ascontiguousarray(np.where(has_depth[:, None], cam_a, np.array([0.0, 0.0, 1.0])))
     uv, _ = geometry.project(safe, np.eye(4), geometry.intrinsics_matrix(*Kv))  # camera frame = world here
     pixels = np.ascontiguousarray(uv)
-    return _result(_core.ransac(pixels, scene, safe, w, Kv, core_opts), tuple(shape))
+    return _result_of(_core.ransac(pixels, scene, safe, w, Kv, core_opts, seed=seed, shape=tuple(shape)))
 
 
 def estimate_pose_batch(coords: ArrayLike, K: ArrayLike, stride: int = 8, *, mask: Optional[ArrayLike] = None,
