@@ -14,9 +14,11 @@ namespace transpose {
 // Minimise sum_k w_k |project(R X_k + t) - pixel_k|^2 over the valid indices idx[0..n) with
 // Levenberg-Marquardt (left-multiplied so(3) update). Returns the number of iterations done;
 // the pose is only changed by steps that lower the cost. It stops once a step lowered the cost
-// by at most 1e-9 of it; with `predict_stop` also before a step whose predicted decrease (from
-// the normal equations at hand) is that small, which saves the pass over the points that would
-// only confirm convergence (the pose then differs by that last step, ~1e-9 relative).
+// by at most 1e-9 of it; with `predict_stop` (test mode) also before a step whose predicted
+// decrease (from the normal equations at hand) is that small, which saves the pass over the points
+// that would only confirm convergence (the pose then differs by that last step, ~1e-9 relative),
+// and right after a step it takes unconfirmed: one predicted to lower the cost by at most 1e-5 of
+// it, after a step whose decrease the model had predicted within 20 %.
 int refine_pnp_lm(const Frame& f, const int* idx, int n, Pose& pose, int max_iterations, bool predict_stop = false);
 
 // Robust re-fit of a refined pose (iteratively reweighted least squares): `rounds` times, take
