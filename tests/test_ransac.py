@@ -426,3 +426,25 @@ def test_core_takes_parsed_options_and_a_separate_seed():
         _core.ransac(pixels, planes, None, None, Kv, parsed, True, -1, shape)
     with pytest.raises(ValueError, match="threshold"):
         _core.CoreOptions(dict(threshold=-1.0))
+
+
+@pytest.mark.parametrize("outliers", [0.3, 0.7])
+def test_hypotheses_are_polished_p3p_solutions_whose_4th_cell_agrees(outliers):
+    """The sampler tests each P3P candidate's 4th cell before polishing it; what it keeps must be
+    exactly one of the full solver's solutions for the sample's first 3 cells, with all 4 cells
+    within the threshold."""
+    coords, K, _, _, _ = synthetic_frame(24, outliers)
+    res = ransac.estimate_pose(coords, K, seed=3, training=True, threshold=10.0)
+    pixels = g.cell_centers(H, W, STRIDE).reshape(-1, 2)
+    points = coords.reshape(3, -1).T.astype(np.float64)
+    bearings = np.c_[(pixels - K[:2, 2]) / np.diag(K)[:2], np.ones(len(pixels))]
+    checked = 0
+    for R, t, sample in zip(res.hypotheses_R, res.hypotheses_t, res.samples):
+        if sample[0] < 0:
+            continue
+        solutions = ransac.p3p(bearings[sample[:3]], points[sample[:3]])
+        assert any(np.array_equal(R, Rs) and np.array_equal(t, ts) for Rs, ts in solutions)
+        uv, _ = g.project(points[sample], g.invert_pose(g.make_pose(R, t)), K)
+        assert np.linalg.norm(uv - pixels[sample], axis=1).max() < 10.0
+        checked += 1
+    assert checked == 64

@@ -9,6 +9,7 @@
 //      follows from the two triangles.
 #include "p3p.h"
 
+#include <algorithm>
 #include <cmath>
 
 #include "math3.h"
@@ -74,8 +75,9 @@ bool null_vector(const double* A, double* out) {
 
 }  // namespace
 
-int p3p_lambda_twist(const double* bearings, const double* points, Pose* poses) {
-  double y[3][3];
+int p3p_prepare(const double* bearings, const double* points, P3PSetup& st) {
+  st.count = 0;
+  double (&y)[3][3] = st.y;
   for (int k = 0; k < 3; ++k) {
     const double n = norm3(bearings + 3 * k);
     if (!(n > 0.0) || !std::isfinite(n)) return 0;
@@ -84,16 +86,23 @@ int p3p_lambda_twist(const double* bearings, const double* points, Pose* poses) 
   const double* X1 = points;
   const double* X2 = points + 3;
   const double* X3 = points + 6;
+  std::copy(X1, X1 + 3, st.X1);
   double d12[3], d13[3], d23[3];
   sub3(X1, X2, d12);
   sub3(X1, X3, d13);
   sub3(X2, X3, d23);
   const double a12 = dot3(d12, d12), a13 = dot3(d13, d13), a23 = dot3(d23, d23);
+  st.a12 = a12;
+  st.a13 = a13;
+  st.a23 = a23;
   double nrm[3];
   cross3(d12, d13, nrm);
   // Collinear (or coincident) world points have no unique pose.
   if (!(dot3(nrm, nrm) > 1e-20 * (a12 * a13 + 1e-300))) return 0;
   const double b12 = dot3(y[0], y[1]), b13 = dot3(y[0], y[2]), b23 = dot3(y[1], y[2]);
+  st.b12 = b12;
+  st.b13 = b13;
+  st.b23 = b23;
 
   // D1 = a23 M12 - a12 M23, D2 = a23 M13 - a13 M23 (row-major symmetric).
   const double D1[9] = {a23, -a23 * b12, 0.0,
@@ -155,10 +164,8 @@ int p3p_lambda_twist(const double* bearings, const double* points, Pose* poses) 
 
   // The world triangle's basis X = [d12 d13 nrm], inverted once for every root below.
   const double Xm[9] = {d12[0], d13[0], nrm[0], d12[1], d13[1], nrm[1], d12[2], d13[2], nrm[2]};
-  double Xi[9];
-  if (!inv3(Xm, Xi)) return 0;
+  if (!inv3(Xm, st.Xi)) return 0;
 
-  int count = 0;
   const int nsigns = s > 0.0 ? 2 : 1;
   for (int si = 0; si < nsigns; ++si) {
     const double sgn = si == 0 ? 1.0 : -1.0;
@@ -210,77 +217,106 @@ int p3p_lambda_twist(const double* bearings, const double* points, Pose* poses) 
       const double mu = std::sqrt(num / den);
       for (int k = 0; k < 3; ++k) L[k] *= mu;
       if (!(L[0] > 0.0 && L[1] > 0.0 && L[2] > 0.0)) continue;
-
-      // Gauss-Newton on f(L) = (|l1 y1 - l2 y2|^2 - a12, ... ) for full double precision.
-      for (int it = 0; it < 5; ++it) {
-        const double f0 = L[0] * L[0] + L[1] * L[1] - 2.0 * b12 * L[0] * L[1] - a12;
-        const double f1 = L[0] * L[0] + L[2] * L[2] - 2.0 * b13 * L[0] * L[2] - a13;
-        const double f2 = L[1] * L[1] + L[2] * L[2] - 2.0 * b23 * L[1] * L[2] - a23;
-        if (std::fabs(f0) + std::fabs(f1) + std::fabs(f2) < 1e-15 * (a12 + a13 + a23)) break;
-        const double J[9] = {2.0 * (L[0] - b12 * L[1]), 2.0 * (L[1] - b12 * L[0]), 0.0,
-                             2.0 * (L[0] - b13 * L[2]), 0.0, 2.0 * (L[2] - b13 * L[0]),
-                             0.0, 2.0 * (L[1] - b23 * L[2]), 2.0 * (L[2] - b23 * L[1])};
-        double Ji[9];
-        if (!inv3(J, Ji)) break;
-        const double f[3] = {f0, f1, f2};
-        double dl[3];
-        matvec3(Ji, f, dl);
-        for (int k = 0; k < 3; ++k) L[k] -= dl[k];
-      }
-      if (!(L[0] > 0.0 && L[1] > 0.0 && L[2] > 0.0)) continue;
-      {
-        // A spurious root (e.g. from the plane meeting the wrong quadric) leaves the distance
-        // equations unsatisfied and would give a sheared "rotation": reject it.
-        const double f0 = L[0] * L[0] + L[1] * L[1] - 2.0 * b12 * L[0] * L[1] - a12;
-        const double f1 = L[0] * L[0] + L[2] * L[2] - 2.0 * b13 * L[0] * L[2] - a13;
-        const double f2 = L[1] * L[1] + L[2] * L[2] - 2.0 * b23 * L[1] * L[2] - a23;
-        const double scale = fmax_inline(a12, fmax_inline(a13, a23));
-        if (!(fmax_inline(std::fabs(f0), fmax_inline(std::fabs(f1), std::fabs(f2))) <= 1e-9 * scale)) continue;
-      }
-
-      // Pose from the camera-frame triangle P_k = l_k y_k and the world triangle X_k.
-      double P1[3], P2[3], P3[3];
-      for (int k = 0; k < 3; ++k) {
-        P1[k] = L[0] * y[0][k];
-        P2[k] = L[1] * y[1][k];
-        P3[k] = L[2] * y[2][k];
-      }
-      double u12[3], u13[3], ucr[3];
-      sub3(P1, P2, u12);
-      sub3(P1, P3, u13);
-      cross3(u12, u13, ucr);
-      // Columns: Y = [u12 u13 ucr], X = [d12 d13 nrm]; R = Y X^-1.
-      const double Y[9] = {u12[0], u13[0], ucr[0], u12[1], u13[1], ucr[1], u12[2], u13[2], ucr[2]};
-      Pose& pose = poses[count];
-      matmul3(Y, Xi, pose.R);
-      double RX1[3];
-      matvec3(pose.R, X1, RX1);
-      for (int k = 0; k < 3; ++k) pose.t[k] = P1[k] - RX1[k];
-      bool finite = true;
-      for (int k = 0; k < 9; ++k) finite = finite && std::isfinite(pose.R[k]);
-      for (int k = 0; k < 3; ++k) finite = finite && std::isfinite(pose.t[k]);
-      if (!finite) continue;
-      // Congruent triangles give a rotation; anything else (near-degenerate input) is dropped.
-      double off = 0.0;
-      for (int r = 0; r < 3; ++r)
-        for (int c = 0; c < 3; ++c) {
-          const double rtr = pose.R[r] * pose.R[c] + pose.R[3 + r] * pose.R[3 + c] + pose.R[6 + r] * pose.R[6 + c];
-          off = fmax_inline(off, std::fabs(rtr - (r == c ? 1.0 : 0.0)));
-        }
-      if (!(off < 1e-6) || !(det3(pose.R) > 0.0)) continue;
-      // The two planes can meet the quadric in the same point (s tiny): drop duplicates.
-      bool duplicate = false;
-      for (int o = 0; o < count && !duplicate; ++o) {
-        double diff = 0.0;
-        for (int k = 0; k < 9; ++k) diff = fmax_inline(diff, std::fabs(poses[o].R[k] - pose.R[k]));
-        for (int k = 0; k < 3; ++k)
-          diff = fmax_inline(diff, std::fabs(poses[o].t[k] - pose.t[k]) / (std::sqrt(a12) + 1e-300));
-        duplicate = diff < 1e-9;
-      }
-      if (!duplicate) ++count;
-      if (count == 4) return count;
+      std::copy(L, L + 3, st.depths[st.count++]);
     }
   }
+  return st.count;
+}
+
+void p3p_camera_point(const P3PSetup& st, int c, const double* X, double* out) {
+  const double* L = st.depths[c];
+  double P1[3], u12[3], u13[3], ucr[3];
+  for (int k = 0; k < 3; ++k) {
+    P1[k] = L[0] * st.y[0][k];
+    u12[k] = P1[k] - L[1] * st.y[1][k];
+    u13[k] = P1[k] - L[2] * st.y[2][k];
+  }
+  cross3(u12, u13, ucr);
+  // R (X - X1) = Y Xi (X - X1), with Y = [u12 u13 ucr] as in p3p_pose below.
+  double d[3], w[3];
+  sub3(X, st.X1, d);
+  matvec3(st.Xi, d, w);
+  for (int k = 0; k < 3; ++k) out[k] = P1[k] + u12[k] * w[0] + u13[k] * w[1] + ucr[k] * w[2];
+}
+
+bool p3p_solution(const P3PSetup& st, int c, Pose& pose) {
+  const double a12 = st.a12, a13 = st.a13, a23 = st.a23, b12 = st.b12, b13 = st.b13, b23 = st.b23;
+  double L[3] = {st.depths[c][0], st.depths[c][1], st.depths[c][2]};
+  // Gauss-Newton on f(L) = (|l1 y1 - l2 y2|^2 - a12, ... ) for full double precision.
+  for (int it = 0; it < 5; ++it) {
+    const double f0 = L[0] * L[0] + L[1] * L[1] - 2.0 * b12 * L[0] * L[1] - a12;
+    const double f1 = L[0] * L[0] + L[2] * L[2] - 2.0 * b13 * L[0] * L[2] - a13;
+    const double f2 = L[1] * L[1] + L[2] * L[2] - 2.0 * b23 * L[1] * L[2] - a23;
+    if (std::fabs(f0) + std::fabs(f1) + std::fabs(f2) < 1e-15 * (a12 + a13 + a23)) break;
+    const double J[9] = {2.0 * (L[0] - b12 * L[1]), 2.0 * (L[1] - b12 * L[0]), 0.0,
+                         2.0 * (L[0] - b13 * L[2]), 0.0, 2.0 * (L[2] - b13 * L[0]),
+                         0.0, 2.0 * (L[1] - b23 * L[2]), 2.0 * (L[2] - b23 * L[1])};
+    double Ji[9];
+    if (!inv3(J, Ji)) break;
+    const double f[3] = {f0, f1, f2};
+    double dl[3];
+    matvec3(Ji, f, dl);
+    for (int k = 0; k < 3; ++k) L[k] -= dl[k];
+  }
+  if (!(L[0] > 0.0 && L[1] > 0.0 && L[2] > 0.0)) return false;
+  {
+    // A spurious root (e.g. from the plane meeting the wrong quadric) leaves the distance
+    // equations unsatisfied and would give a sheared "rotation": reject it.
+    const double f0 = L[0] * L[0] + L[1] * L[1] - 2.0 * b12 * L[0] * L[1] - a12;
+    const double f1 = L[0] * L[0] + L[2] * L[2] - 2.0 * b13 * L[0] * L[2] - a13;
+    const double f2 = L[1] * L[1] + L[2] * L[2] - 2.0 * b23 * L[1] * L[2] - a23;
+    const double scale = fmax_inline(a12, fmax_inline(a13, a23));
+    if (!(fmax_inline(std::fabs(f0), fmax_inline(std::fabs(f1), std::fabs(f2))) <= 1e-9 * scale)) return false;
+  }
+
+  // Pose from the camera-frame triangle P_k = l_k y_k and the world triangle X_k.
+  double P1[3], P2[3], P3[3];
+  for (int k = 0; k < 3; ++k) {
+    P1[k] = L[0] * st.y[0][k];
+    P2[k] = L[1] * st.y[1][k];
+    P3[k] = L[2] * st.y[2][k];
+  }
+  double u12[3], u13[3], ucr[3];
+  sub3(P1, P2, u12);
+  sub3(P1, P3, u13);
+  cross3(u12, u13, ucr);
+  // Columns: Y = [u12 u13 ucr], X = [d12 d13 nrm]; R = Y X^-1.
+  const double Y[9] = {u12[0], u13[0], ucr[0], u12[1], u13[1], ucr[1], u12[2], u13[2], ucr[2]};
+  matmul3(Y, st.Xi, pose.R);
+  double RX1[3];
+  matvec3(pose.R, st.X1, RX1);
+  for (int k = 0; k < 3; ++k) pose.t[k] = P1[k] - RX1[k];
+  bool finite = true;
+  for (int k = 0; k < 9; ++k) finite = finite && std::isfinite(pose.R[k]);
+  for (int k = 0; k < 3; ++k) finite = finite && std::isfinite(pose.t[k]);
+  if (!finite) return false;
+  // Congruent triangles give a rotation; anything else (near-degenerate input) is dropped.
+  double off = 0.0;
+  for (int r = 0; r < 3; ++r)
+    for (int c2 = 0; c2 < 3; ++c2) {
+      const double rtr = pose.R[r] * pose.R[c2] + pose.R[3 + r] * pose.R[3 + c2] + pose.R[6 + r] * pose.R[6 + c2];
+      off = fmax_inline(off, std::fabs(rtr - (r == c2 ? 1.0 : 0.0)));
+    }
+  return off < 1e-6 && det3(pose.R) > 0.0;
+}
+
+bool p3p_duplicate(const P3PSetup& st, const Pose* poses, int count, const Pose& pose) {
+  // The two planes can meet the quadric in the same point (s tiny).
+  for (int o = 0; o < count; ++o) {
+    double diff = 0.0;
+    for (int k = 0; k < 9; ++k) diff = fmax_inline(diff, std::fabs(poses[o].R[k] - pose.R[k]));
+    for (int k = 0; k < 3; ++k) diff = fmax_inline(diff, std::fabs(poses[o].t[k] - pose.t[k]) / (std::sqrt(st.a12) + 1e-300));
+    if (diff < 1e-9) return true;
+  }
+  return false;
+}
+
+int p3p_lambda_twist(const double* bearings, const double* points, Pose* poses) {
+  P3PSetup st;
+  const int m = p3p_prepare(bearings, points, st);
+  int count = 0;
+  for (int c = 0; c < m; ++c)
+    if (p3p_solution(st, c, poses[count]) && !p3p_duplicate(st, poses, count, poses[count])) ++count;
   return count;
 }
 

@@ -72,23 +72,71 @@ void prefetch_sample(const Frame& f, Model model, const int* s) {
 #endif
 }
 
-bool hypothesis_from_sample(const Frame& f, Model model, const ScoreParams& sp, const int* s, Pose& pose) {
+namespace {
+
+// Reprojection error of valid correspondence i for a camera-frame point p (max_err behind the
+// camera), as reprojection_error() computes it from a pose.
+double camera_point_error(const Frame& f, const double* p, int i, const ScoreParams& sp) {
+  if (p[2] < kMinDepth) return sp.max_err;
+  const double du = f.K.fx * p[0] / p[2] - f.uc[i], dv = f.K.fy * p[1] / p[2] - f.vc[i];
+  return std::fmin(std::sqrt(du * du + dv * dv), sp.max_err);
+}
+
+// Candidates whose 4th cell misses by more than this (relative to tau) beyond the bound are
+// dropped before their polish: an unpolished candidate is off by ~1e-12 relative, so this margin
+// keeps every candidate that the exact test would keep.
+constexpr double kPrecheckMargin = 1e-3;
+
+// hypothesis_from_sample for PnP. Most samples fail (at 30 % outliers ~3 of 4), so each P3P
+// candidate's 4th cell is tested first on the unpolished depths (p3p_camera_point), and only the
+// candidates that pass get the Gauss-Newton polish, the rotation checks and the exact test of all
+// 4 cells: the same hypotheses as solving every candidate in full, ~25 % less work per sample.
+bool pnp_hypothesis(const Frame& f, const ScoreParams& sp, const int* s, Pose& pose) {
+  double bearings[9], pts[9];
+  for (int k = 0; k < 3; ++k) {
+    const int i = s[k];
+    bearings[3 * k] = f.uc[i] / f.K.fx;  // uc = u - cx: the same double as (u - cx) / fx
+    bearings[3 * k + 1] = f.vc[i] / f.K.fy;
+    bearings[3 * k + 2] = 1.0;
+    pts[3 * k] = f.X[i];
+    pts[3 * k + 1] = f.Y[i];
+    pts[3 * k + 2] = f.Z[i];
+  }
+  P3PSetup st;
+  const int m = p3p_prepare(bearings, pts, st);
+  const double X4[3] = {f.X[s[3]], f.Y[s[3]], f.Z[s[3]]};
   Pose cands[4];
-  const int m = generate_poses(f, model, s, cands);
-  int best = -1;
+  int count = 0;
   double best_err = sp.tau;
   for (int c = 0; c < m; ++c) {
-    double worst = reprojection_error(f, cands[c], s[3], sp);
+    double p4[3];
+    p3p_camera_point(st, c, X4, p4);
+    if (camera_point_error(f, p4, s[3], sp) >= best_err * (1.0 + kPrecheckMargin)) continue;
+    Pose& cand = cands[count];
+    if (!p3p_solution(st, c, cand) || p3p_duplicate(st, cands, count, cand)) continue;
+    ++count;
+    double worst = reprojection_error(f, cand, s[3], sp);
     if (worst >= best_err) continue;
     for (int k = 0; k < 3 && worst < best_err; ++k)
-      worst = fmax_inline(worst, reprojection_error(f, cands[c], s[k], sp));
+      worst = fmax_inline(worst, reprojection_error(f, cand, s[k], sp));
     if (worst < best_err) {
       best_err = worst;
-      best = c;
+      pose = cand;
     }
   }
-  if (best < 0) return false;
-  pose = cands[best];
+  return best_err < sp.tau;
+}
+
+}  // namespace
+
+bool hypothesis_from_sample(const Frame& f, Model model, const ScoreParams& sp, const int* s, Pose& pose) {
+  if (model == Model::kPnP) return pnp_hypothesis(f, sp, s, pose);
+  Pose cand;
+  if (generate_poses(f, model, s, &cand) == 0) return false;
+  double worst = 0.0;
+  for (int k = 0; k < 4 && worst < sp.tau; ++k) worst = fmax_inline(worst, reprojection_error(f, cand, s[k], sp));
+  if (!(worst < sp.tau)) return false;
+  pose = cand;
   return true;
 }
 
