@@ -49,13 +49,21 @@ void fill_all(const Frame& f, const double* origin, PackedCells& c) {
   float* __restrict U = c.u.data();
   float* __restrict V = c.v.data();
   float* __restrict W = c.w.data();
+  // Without `omp simd` GCC left this 12-stream loop scalar (~20 instructions a cell).
+  const double* __restrict fX = f.X.data();
+  const double* __restrict fY = f.Y.data();
+  const double* __restrict fZ = f.Z.data();
+  const double* __restrict fU = f.uc.data();
+  const double* __restrict fV = f.vc.data();
+  const double* __restrict fW = f.w.data();
+#pragma omp simd
   for (size_t i = 0; i < m; ++i) {
-    X[i] = static_cast<float>(f.X[i] - ox);
-    Y[i] = static_cast<float>(f.Y[i] - oy);
-    Z[i] = static_cast<float>(f.Z[i] - oz);
-    U[i] = static_cast<float>(f.uc[i]);
-    V[i] = static_cast<float>(f.vc[i]);
-    W[i] = static_cast<float>(f.w[i]);
+    X[i] = static_cast<float>(fX[i] - ox);
+    Y[i] = static_cast<float>(fY[i] - oy);
+    Z[i] = static_cast<float>(fZ[i] - oz);
+    U[i] = static_cast<float>(fU[i]);
+    V[i] = static_cast<float>(fV[i]);
+    W[i] = static_cast<float>(fW[i]);
   }
   std::copy(origin, origin + 3, c.origin);
 }

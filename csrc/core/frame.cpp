@@ -82,6 +82,46 @@ int check_spread(const Frame& f) {
   return kOk;
 }
 
+// The unweighted copy of build_frame_from: pixels (n, 2) and points (coordinate k of point i at
+// points[i * stride + k * step]) into the frame's arrays. Planes with unit cell stride (every
+// coordinate map) take straight loops that vectorise; other layouts are gathered.
+template <class T>
+TRANSPOSE_HOT void copy_cells(const double* __restrict pixels, const T* __restrict points, long stride, long step,
+                              size_t n, double cx, double cy, Frame& f) {
+  double* __restrict u = f.u.data();
+  double* __restrict v = f.v.data();
+  double* __restrict X = f.X.data();
+  double* __restrict Y = f.Y.data();
+  double* __restrict Z = f.Z.data();
+  double* __restrict uc = f.uc.data();
+  double* __restrict vc = f.vc.data();
+  int* __restrict original = f.original.data();
+  for (size_t i = 0; i < n; ++i) {
+    u[i] = pixels[2 * i];
+    v[i] = pixels[2 * i + 1];
+    uc[i] = pixels[2 * i] - cx;
+    vc[i] = pixels[2 * i + 1] - cy;
+    original[i] = static_cast<int>(i);
+  }
+  if (stride == 1) {
+    const T* __restrict P0 = points;
+    const T* __restrict P1 = points + step;
+    const T* __restrict P2 = points + 2 * step;
+    for (size_t i = 0; i < n; ++i) {
+      X[i] = P0[i];
+      Y[i] = P1[i];
+      Z[i] = P2[i];
+    }
+  } else {
+    for (size_t i = 0; i < n; ++i) {
+      const T* p = points + static_cast<long>(i) * stride;
+      X[i] = p[0];
+      Y[i] = p[step];
+      Z[i] = p[2 * step];
+    }
+  }
+}
+
 template <class T>
 int build_frame_from(const double* pixels, const T* points, long stride, long step, const double* camera_points,
                      const double* weights, int n_total, const Intrinsics& K, Frame& f) {
@@ -102,26 +142,9 @@ int build_frame_from(const double* pixels, const T* points, long stride, long st
     f.original.resize(cap);
     f.points.clear();
     f.camera.clear();
-    double* __restrict u = f.u.data();
-    double* __restrict v = f.v.data();
-    double* __restrict X = f.X.data();
-    double* __restrict Y = f.Y.data();
-    double* __restrict Z = f.Z.data();
-    double* __restrict uc = f.uc.data();
-    double* __restrict vc = f.vc.data();
-    int* __restrict original = f.original.data();
-    for (size_t i = 0; i < cap; ++i) {
-      u[i] = pixels[2 * i];
-      v[i] = pixels[2 * i + 1];
-      const T* p = points + static_cast<long>(i) * stride;
-      X[i] = p[0];
-      Y[i] = p[step];
-      Z[i] = p[2 * step];
-      uc[i] = u[i] - K.cx;
-      vc[i] = v[i] - K.cy;
-      original[i] = static_cast<int>(i);
-    }
-    if (!all_finite(X, cap) || !all_finite(Y, cap) || !all_finite(Z, cap)) return kNonFinite;
+    copy_cells(pixels, points, stride, step, cap, K.cx, K.cy, f);
+    if (!all_finite(f.X.data(), cap) || !all_finite(f.Y.data(), cap) || !all_finite(f.Z.data(), cap))
+      return kNonFinite;
     f.n = n_total;
     f.wsum = static_cast<double>(n_total);
     return check_spread(f);

@@ -78,14 +78,39 @@ namespace {
 // camera), as reprojection_error() computes it from a pose.
 double camera_point_error(const Frame& f, const double* p, int i, const ScoreParams& sp) {
   if (p[2] < kMinDepth) return sp.max_err;
-  const double du = f.K.fx * p[0] / p[2] - f.uc[i], dv = f.K.fy * p[1] / p[2] - f.vc[i];
-  return std::fmin(std::sqrt(du * du + dv * dv), sp.max_err);
+  const double iz = 1.0 / p[2];
+  const double du = f.K.fx * p[0] * iz - f.uc[i], dv = f.K.fy * p[1] * iz - f.vc[i];
+  const double e = std::sqrt(du * du + dv * dv);
+  return e < sp.max_err ? e : sp.max_err;
 }
 
 // Candidates whose 4th cell misses by more than this (relative to tau) beyond the bound are
 // dropped before their polish: an unpolished candidate is off by ~1e-12 relative, so this margin
 // keeps every candidate that the exact test would keep.
 constexpr double kPrecheckMargin = 1e-3;
+
+// The candidates of a sample whose 4th cell passed the pre-test (pnp_hypothesis): polished,
+// checked, duplicates dropped, and the one with the smallest worst error over the 4 cells kept if
+// below tau. Out of line: only ~1 sample in 4 gets here, and its 4 poses are not set up otherwise.
+bool solve_candidates(const Frame& f, const ScoreParams& sp, const P3PSetup& st, const int* s, const int* passed,
+                      int npassed, Pose& pose) {
+  Pose cands[4];
+  int count = 0;
+  double best_err = sp.tau;
+  for (int k = 0; k < npassed; ++k) {
+    Pose& cand = cands[count];
+    if (!p3p_solution(st, passed[k], cand) || p3p_duplicate(st, cands, count, cand)) continue;
+    ++count;
+    double worst = reprojection_error(f, cand, s[3], sp);
+    if (worst >= best_err) continue;
+    for (int j = 0; j < 3 && worst < best_err; ++j) worst = fmax_inline(worst, reprojection_error(f, cand, s[j], sp));
+    if (worst < best_err) {
+      best_err = worst;
+      pose = cand;
+    }
+  }
+  return best_err < sp.tau;
+}
 
 // hypothesis_from_sample for PnP. Most samples fail (at 30 % outliers ~3 of 4), so each P3P
 // candidate's 4th cell is tested first on the unpolished depths (p3p_camera_point), and only the
@@ -105,26 +130,17 @@ bool pnp_hypothesis(const Frame& f, const ScoreParams& sp, const int* s, Pose& p
   P3PSetup st;
   const int m = p3p_prepare(bearings, pts, st);
   const double X4[3] = {f.X[s[3]], f.Y[s[3]], f.Z[s[3]]};
-  Pose cands[4];
-  int count = 0;
-  double best_err = sp.tau;
+  // The exact test below keeps a candidate only if its 4th cell is within tau (and among several,
+  // the one with the smallest worst error): one whose unpolished 4th cell misses tau by more than
+  // the margin cannot qualify.
+  const double bound = sp.tau * (1.0 + kPrecheckMargin);
+  int passed[4], npassed = 0;
   for (int c = 0; c < m; ++c) {
     double p4[3];
     p3p_camera_point(st, c, X4, p4);
-    if (camera_point_error(f, p4, s[3], sp) >= best_err * (1.0 + kPrecheckMargin)) continue;
-    Pose& cand = cands[count];
-    if (!p3p_solution(st, c, cand) || p3p_duplicate(st, cands, count, cand)) continue;
-    ++count;
-    double worst = reprojection_error(f, cand, s[3], sp);
-    if (worst >= best_err) continue;
-    for (int k = 0; k < 3 && worst < best_err; ++k)
-      worst = fmax_inline(worst, reprojection_error(f, cand, s[k], sp));
-    if (worst < best_err) {
-      best_err = worst;
-      pose = cand;
-    }
+    if (camera_point_error(f, p4, s[3], sp) < bound) passed[npassed++] = c;
   }
-  return best_err < sp.tau;
+  return npassed > 0 && solve_candidates(f, sp, st, s, passed, npassed, pose);
 }
 
 }  // namespace
