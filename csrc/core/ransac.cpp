@@ -192,7 +192,7 @@ double needed_samples(double ratio, double confidence) {
 // Refine the winner; report its pose, soft score and inliers. The test-mode float32 paths leave
 // r.selected_score to this function: the winner's float64 score comes with its first inlier pass.
 void finish(const Frame& f, Model model, const RansacOptions& o, const ScoreParams& sp, Pose pose,
-            RansacResult& r) {
+            RansacResult& r, const PackedCells* packed = nullptr) {
   Buffer<int> scratch;
   int count;
   if (o.training || o.exact_scoring) {
@@ -205,7 +205,7 @@ void finish(const Frame& f, Model model, const RansacOptions& o, const ScorePara
   } else {
     ScoreOut before, after;
     refine_hypothesis_scored(f, model, sp, o.refine ? o.refine_rounds : 0, o.lm_iterations, pose, scratch, before,
-                             after);
+                             after, packed);
     if (model == Model::kPnP && o.refine && o.robust_scale > 0.0 &&
         refine_robust_pnp(f, sp, o.robust_scale, o.robust_rounds, o.lm_iterations, pose) > 0)
       after = soft_score_collect(f, pose, sp, scratch.data());
@@ -373,7 +373,7 @@ void ransac_fixed(const Frame& f, Model model, const RansacOptions& o, const Sco
     o2.refine = false;  // already refined above
     finish(f, model, o2, sp, r.refined[static_cast<size_t>(chosen)], r);
   } else {
-    finish(f, model, o, sp, hyps[static_cast<size_t>(chosen)].pose, r);
+    finish(f, model, o, sp, hyps[static_cast<size_t>(chosen)].pose, r, exact ? nullptr : &pk.all);
   }
 }
 
@@ -445,7 +445,7 @@ void ransac_adaptive(const Frame& f, Model model, const RansacOptions& o, const 
   }
   r.selected = selected;
   r.selected_score = best_h.score;  // float32 path: replaced in finish()
-  finish(f, model, o, sp, best_h.pose, r);
+  finish(f, model, o, sp, best_h.pose, r, o.exact_scoring ? nullptr : &pk.all);
 }
 
 }  // namespace

@@ -32,7 +32,8 @@ struct RansacOptions {
   // Test mode scores hypotheses in float32 (fast_score.h), and the fixed count preemptively: every
   // hypothesis on `preemptive_cells` random cells (0: all cells), the best `preemptive_keep` on 4x
   // as many, the best half of those on all cells; the argmax of those full scores wins. Reported
-  // scores stay float64. exact_scoring: float64 on every cell and LM to confirmed convergence, the
+  // scores stay float64; the refinement's LM sums its normal equations in float32 (refine.h).
+  // exact_scoring: float64 on every cell and a float64 LM run to confirmed convergence, the
   // behaviour before the float32 path (and always that of training, where all scores are used).
   bool exact_scoring = false;
   int preemptive_cells = 256;

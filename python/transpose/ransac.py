@@ -8,8 +8,10 @@ Pose estimation from 2D-3D correspondences in the DSAC* style:
   errors clamped to ``max_reprojection_error``; logits ``alpha * score / sum(w)``;
 - test mode picks the argmax and refines it; hypotheses are ranked in float32 (8 SIMD lanes on
   AVX2), first on a random subset of the cells, and only the best few are scored on every cell
-  (``preemptive_cells``, ``preemptive_keep``); ``exact_scoring=True`` scores every hypothesis on
-  every cell in float64 instead. Reported scores are float64 either way;
+  (``preemptive_cells``, ``preemptive_keep``), and the refinement sums its normal equations in
+  float32 (the pose within ~1e-7 of the float64 fit); ``exact_scoring=True`` scores every
+  hypothesis on every cell in float64 and refines in float64 instead. Reported scores and inliers
+  are float64 either way;
 - training mode scores every hypothesis (float64), draws the winner from ``softmax(logits)`` and
   returns all hypotheses (for the expected-pose loss of end-to-end training);
 - adaptive mode keeps drawing 4-cell samples until an all-inlier sample was drawn with probability
@@ -68,7 +70,7 @@ class RansacOptions:
     max_iterations: int = 100000
     min_iterations: int = 0
     early_exit: bool = True
-    exact_scoring: bool = False  # test mode: float64 scores on every cell (else float32, preemptive)
+    exact_scoring: bool = False  # test mode: float64 scores on every cell and float64 LM (else float32, preemptive)
     preemptive_cells: int = 256  # fixed count: rank hypotheses on this many random cells first (0: off)
     preemptive_keep: int = 8     # ... and score the best this many on every cell
     refine: bool = True
