@@ -7,6 +7,7 @@
 
 #include <cmath>
 #include <functional>
+#include <limits>
 #include <string>
 #include <vector>
 
@@ -302,6 +303,78 @@ py::dict ransac_single(const Array& pixels, const py::object& points_obj, const 
       ransac(f, cam ? Model::kRigid : Model::kPnP, o, r);
   }
   return result_dict(r, shape);
+}
+
+// The common call of ransac.estimate_pose in one step: a (3, H, W) float32 / float64 numpy map, a
+// float64 (3, 3) pinhole K, a positive int stride, no mask or weights. Returns None for anything
+// else, and for input the core rejects (non-finite values, fewer than 4 cells, a degenerate map):
+// the Python path then checks it and raises its usual, named errors. Saves the Python-level checks,
+// the pixel grid and their ~20 us on a call that follows other work (caches cold).
+py::object ransac_map_py(const py::object& coords, const py::object& K_obj, const py::object& stride_obj,
+                         const py::object& opts, const py::object& seed_obj) {
+  if (!PyLong_CheckExact(stride_obj.ptr()) || !PyLong_CheckExact(seed_obj.ptr())) return py::none();
+  const long long stride = PyLong_AsLongLong(stride_obj.ptr());
+  if (PyErr_Occurred()) {
+    PyErr_Clear();
+    return py::none();
+  }
+  const unsigned long long seed = PyLong_AsUnsignedLongLong(seed_obj.ptr());
+  if (PyErr_Occurred()) {
+    PyErr_Clear();
+    return py::none();
+  }
+  if (stride <= 0 || !py::isinstance<RansacOptions>(opts)) return py::none();
+  if (!py::array_t<float>::check_(coords) && !py::array_t<double>::check_(coords)) return py::none();
+  if (!py::array_t<double>::check_(K_obj)) return py::none();
+  const auto map = py::reinterpret_borrow<py::array>(coords);
+  const auto Karr = py::reinterpret_borrow<py::array>(K_obj);
+  if (map.ndim() != 3 || map.shape(0) != 3 || Karr.ndim() != 2 || Karr.shape(0) != 3 || Karr.shape(1) != 3)
+    return py::none();
+  // K: exactly what geometry.check_intrinsics accepts, else the Python path raises its message.
+  double k[9];
+  for (int r = 0; r < 3; ++r)
+    for (int c = 0; c < 3; ++c)
+      k[3 * r + c] = *static_cast<const double*>(
+          static_cast<const void*>(static_cast<const char*>(Karr.data()) + r * Karr.strides(0) + c * Karr.strides(1)));
+  for (double v : k)
+    if (!std::isfinite(v)) return py::none();
+  if (!(k[0] > 0.0 && k[4] > 0.0) || k[1] != 0.0 || k[3] != 0.0 || k[6] != 0.0 || k[7] != 0.0 ||
+      std::fabs(k[8] - 1.0) > 1e-9)
+    return py::none();
+  // Cells must flatten to one stride (any C-contiguous map, a channel-last view), as in ScenePoints.
+  const py::ssize_t item = map.itemsize(), H = map.shape(1), W = map.shape(2);
+  if (map.strides(0) % item || map.strides(1) % item || map.strides(2) % item) return py::none();
+  const py::ssize_t cell = map.strides(2) / item;
+  if (H > 1 && map.strides(1) / item != W * cell) return py::none();
+  if (H * W < 4 || H * W > std::numeric_limits<int>::max()) return py::none();
+  RansacOptions o = opts.cast<RansacOptions>();
+  o.seed = static_cast<uint64_t>(seed);
+  PointArray points;
+  if (item == 4) points.f32 = static_cast<const float*>(map.data());
+  else points.f64 = static_cast<const double*>(map.data());
+  points.stride = static_cast<long>(cell);
+  points.step = static_cast<long>(map.strides(0) / item);
+  CellGrid grid;
+  grid.height = static_cast<int>(H);
+  grid.width = static_cast<int>(W);
+  grid.stride = static_cast<double>(stride);
+  Intrinsics in;
+  in.fx = k[0];
+  in.fy = k[4];
+  in.cx = k[2];
+  in.cy = k[5];
+  RansacResult r;
+  {
+    py::gil_scoped_release release;
+    Frame f;
+    const int st = build_frame_grid(grid, points, in, f);
+    if (st != kOk)
+      r.status = st;
+    else
+      ransac(f, Model::kPnP, o, r);
+  }
+  if (r.status == kNonFinite || r.status == kTooFewPoints) return py::none();
+  return result_dict(r, py::make_tuple(H, W));
 }
 
 py::list ransac_batch_py(const Array& pixels, const py::object& points_obj, const py::object& camera_points,
@@ -761,6 +834,11 @@ PYBIND11_MODULE(_core, m) {
         "as a flattened coordinate map), optional camera points (N, 3) for RGB-D, optional weights (N,) "
         "(0 drops a cell), K = (fx, fy, cx, cy), options a dict or a CoreOptions, seed (overrides the "
         "options'), shape of the returned inlier mask (default (N,)). Returns a dict.");
+  m.def("ransac_map", &ransac_map_py, py::arg("coords"), py::arg("K"), py::arg("stride"), py::arg("options"),
+        py::arg("seed"),
+        "RANSAC pose of a (3, H, W) float32 / float64 coordinate map with a (3, 3) K, an int stride, options a "
+        "CoreOptions and an int seed; every cell counts. Returns the result dict (inliers (H, W)), or None when "
+        "the input is not that plain case or the core rejects it (estimate_pose then takes its checked path).");
   m.def("ransac_batch", &ransac_batch_py, py::arg("pixels"), py::arg("points"),
         py::arg("camera_points") = py::none(), py::arg("weights") = py::none(), py::arg("K"), py::arg("seeds"),
         py::arg("options") = py::dict(), py::arg("num_threads") = 0, py::arg("planes") = false,

@@ -448,3 +448,33 @@ def test_hypotheses_are_polished_p3p_solutions_whose_4th_cell_agrees(outliers):
         assert np.linalg.norm(uv - pixels[sample], axis=1).max() < 10.0
         checked += 1
     assert checked == 64
+
+
+def test_map_entry_takes_the_plain_case_and_hands_back_the_rest():
+    """_core.ransac_map is estimate_pose's one-step path: the same result as the general path on a
+    plain float map with a pinhole K, None for anything the general path must check and name."""
+    coords, K, _, _, _ = synthetic_frame(25, 0.3)
+    parsed = _core.CoreOptions(dict(threshold=8.0))
+    d = _core.ransac_map(coords, K, 8, parsed, 4)
+    pixels, planes, _, shape = ransac._map_correspondences(coords, 8, None, None)
+    ref = _core.ransac(pixels, planes, None, None, ransac._intrinsics(K), parsed, True, 4, shape)
+    for key in ("R", "t", "pose", "inliers", "score", "selected_score", "num_samples"):
+        assert np.array_equal(d[key], ref[key]), key
+    # a channel-last view (cells one stride apart) is read in place too
+    channel_last = np.ascontiguousarray(coords.transpose(1, 2, 0)).transpose(2, 0, 1)
+    assert np.array_equal(_core.ransac_map(channel_last, K, 8, parsed, 4)["R"], d["R"])
+    nan_map = coords.copy()
+    nan_map[0, 3, 3] = np.nan
+    skewed = K.copy()
+    skewed[0, 1] = 0.5
+    for args in ((coords.astype(np.int32), K, 8), (coords[:, :, ::2].transpose(0, 2, 1), K, 8),
+                 (coords, skewed, 8), (coords, K.astype(np.float32), 8), (coords, K, True), (coords, K, 8.0),
+                 (coords, K, 0), (nan_map, K, 8), (coords[:, :1, :3], K, 8), (coords[None], K, 8)):
+        assert _core.ransac_map(*args, parsed, 4) is None
+    assert _core.ransac_map(coords, K, 8, dict(threshold=8.0), 4) is None
+    assert _core.ransac_map(coords, K, 8, parsed, -1) is None
+    # and estimate_pose still names the culprit
+    with pytest.raises(ValueError, match="coords: 1 valid entries contain NaN"):
+        ransac.estimate_pose(nan_map, K)
+    with pytest.raises(ValueError, match="skew"):
+        ransac.estimate_pose(coords, skewed)

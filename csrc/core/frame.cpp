@@ -82,27 +82,45 @@ int check_spread(const Frame& f) {
   return kOk;
 }
 
-// The unweighted copy of build_frame_from: pixels (n, 2) and points (coordinate k of point i at
-// points[i * stride + k * step]) into the frame's arrays. Planes with unit cell stride (every
-// coordinate map) take straight loops that vectorise; other layouts are gathered.
-template <class T>
-TRANSPOSE_HOT void copy_cells(const double* __restrict pixels, const T* __restrict points, long stride, long step,
-                              size_t n, double cx, double cy, Frame& f) {
+// The unweighted copy of build_frame_from, pixels: from (n, 2) rows, or (pixels = nullptr) the
+// cell centres of a grid (CellGrid) in row-major order.
+TRANSPOSE_HOT void copy_pixels(const double* __restrict pixels, const CellGrid& grid, size_t n, double cx, double cy,
+                               Frame& f) {
   double* __restrict u = f.u.data();
   double* __restrict v = f.v.data();
-  double* __restrict X = f.X.data();
-  double* __restrict Y = f.Y.data();
-  double* __restrict Z = f.Z.data();
   double* __restrict uc = f.uc.data();
   double* __restrict vc = f.vc.data();
   int* __restrict original = f.original.data();
-  for (size_t i = 0; i < n; ++i) {
-    u[i] = pixels[2 * i];
-    v[i] = pixels[2 * i + 1];
-    uc[i] = pixels[2 * i] - cx;
-    vc[i] = pixels[2 * i + 1] - cy;
-    original[i] = static_cast<int>(i);
+  for (size_t i = 0; i < n; ++i) original[i] = static_cast<int>(i);
+  if (pixels) {
+    for (size_t i = 0; i < n; ++i) {
+      u[i] = pixels[2 * i];
+      v[i] = pixels[2 * i + 1];
+      uc[i] = pixels[2 * i] - cx;
+      vc[i] = pixels[2 * i + 1] - cy;
+    }
+    return;
   }
+  const size_t width = static_cast<size_t>(grid.width);
+  for (size_t r = 0, i = 0; i < n; ++r) {
+    const double y = grid.stride * static_cast<double>(r) + 0.5 * grid.stride;
+    for (size_t c = 0; c < width; ++c, ++i) {
+      const double x = grid.stride * static_cast<double>(c) + 0.5 * grid.stride;
+      u[i] = x;
+      v[i] = y;
+      uc[i] = x - cx;
+      vc[i] = y - cy;
+    }
+  }
+}
+
+// ... and points (coordinate k of point i at points[i * stride + k * step]). Planes with unit
+// cell stride (every coordinate map) take straight loops that vectorise; other layouts are gathered.
+template <class T>
+TRANSPOSE_HOT void copy_points(const T* __restrict points, long stride, long step, size_t n, Frame& f) {
+  double* __restrict X = f.X.data();
+  double* __restrict Y = f.Y.data();
+  double* __restrict Z = f.Z.data();
   if (stride == 1) {
     const T* __restrict P0 = points;
     const T* __restrict P1 = points + step;
@@ -123,8 +141,8 @@ TRANSPOSE_HOT void copy_cells(const double* __restrict pixels, const T* __restri
 }
 
 template <class T>
-int build_frame_from(const double* pixels, const T* points, long stride, long step, const double* camera_points,
-                     const double* weights, int n_total, const Intrinsics& K, Frame& f) {
+int build_frame_from(const double* pixels, const CellGrid& grid, const T* points, long stride, long step,
+                     const double* camera_points, const double* weights, int n_total, const Intrinsics& K, Frame& f) {
   if (!(std::isfinite(K.fx) && std::isfinite(K.fy) && std::isfinite(K.cx) && std::isfinite(K.cy)) ||
       !(K.fx > 0.0) || !(K.fy > 0.0))
     return kBadIntrinsics;
@@ -135,14 +153,15 @@ int build_frame_from(const double* pixels, const T* points, long stride, long st
   if (!weights && !camera_points) {
     // Every correspondence counts: straight copies instead of the filtering loop below; the points
     // are checked once copied (any strides).
-    if (!all_finite(pixels, 2 * cap)) return kNonFinite;
+    if (pixels && !all_finite(pixels, 2 * cap)) return kNonFinite;
     f.u.resize(cap); f.v.resize(cap); f.X.resize(cap); f.Y.resize(cap); f.Z.resize(cap);
     f.uc.resize(cap); f.vc.resize(cap);
     f.w.assign(cap, 1.0);
     f.original.resize(cap);
     f.points.clear();
     f.camera.clear();
-    copy_cells(pixels, points, stride, step, cap, K.cx, K.cy, f);
+    copy_pixels(pixels, grid, cap, K.cx, K.cy, f);
+    copy_points(points, stride, step, cap, f);
     if (!all_finite(f.X.data(), cap) || !all_finite(f.Y.data(), cap) || !all_finite(f.Z.data(), cap))
       return kNonFinite;
     f.n = n_total;
@@ -210,9 +229,18 @@ int build_frame_from(const double* pixels, const T* points, long stride, long st
 
 int build_frame(const double* pixels, const PointArray& points, const double* camera_points, const double* weights,
                 int n_total, const Intrinsics& K, Frame& f) {
+  const CellGrid none;
   if (points.f32)
-    return build_frame_from(pixels, points.f32, points.stride, points.step, camera_points, weights, n_total, K, f);
-  return build_frame_from(pixels, points.f64, points.stride, points.step, camera_points, weights, n_total, K, f);
+    return build_frame_from(pixels, none, points.f32, points.stride, points.step, camera_points, weights, n_total, K, f);
+  return build_frame_from(pixels, none, points.f64, points.stride, points.step, camera_points, weights, n_total, K, f);
+}
+
+int build_frame_grid(const CellGrid& grid, const PointArray& points, const Intrinsics& K, Frame& f) {
+  if (!(grid.width > 0 && grid.height > 0 && grid.stride > 0.0)) return kTooFewPoints;
+  const int n = grid.width * grid.height;
+  if (points.f32)
+    return build_frame_from(nullptr, grid, points.f32, points.stride, points.step, nullptr, nullptr, n, K, f);
+  return build_frame_from(nullptr, grid, points.f64, points.stride, points.step, nullptr, nullptr, n, K, f);
 }
 
 }  // namespace transpose

@@ -52,6 +52,17 @@ struct PointArray {
 int build_frame(const double* pixels, const PointArray& points, const double* camera_points, const double* weights,
                 int n_total, const Intrinsics& K, Frame& frame);
 
+// A coordinate map's cells: cell i = r * width + c sees pixel (stride * c + stride / 2,
+// stride * r + stride / 2).
+struct CellGrid {
+  int height = 0, width = 0;
+  double stride = 0.0;
+};
+
+// The frame of a whole coordinate map (every cell counts): build_frame with the grid's pixels,
+// without reading them from an array.
+int build_frame_grid(const CellGrid& grid, const PointArray& points, const Intrinsics& K, Frame& frame);
+
 // The same for (n_total, 3) float64 rows.
 inline int build_frame(const double* pixels, const double* points, const double* camera_points,
                        const double* weights, int n_total, const Intrinsics& K, Frame& frame) {

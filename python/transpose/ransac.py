@@ -413,6 +413,12 @@ def estimate_pose(coords: ArrayLike, K: ArrayLike, stride: int = 8, *, mask: Opt
         :class:`PoseResult` with ``inliers`` of shape ``(H, W)``.
     """
     opts, core_opts, seed = _options_for_core(options)
+    if device is None and mask is None and weights is None and type(coords) is np.ndarray:
+        # The common call (a float map, a pinhole K, every cell) in one step; None for anything
+        # else, which takes the checked path below.
+        d = _core.ransac_map(coords, K, stride, core_opts, seed)
+        if d is not None:
+            return _result_of(d)
     if not (device is None and type(coords) is np.ndarray):  # else the CPU, without asking
         from . import ransac_gpu
 
