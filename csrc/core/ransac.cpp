@@ -25,18 +25,28 @@ constexpr int kAdaptiveBlock = 16;  // draws between two stopping checks (fixed:
 
 }  // namespace
 
+namespace {
+
+// The P3P input of a sample's first 3 cells: bearings (pixel - principal point) / focal, 1 and
+// scene points, (3, 3) row-major each.
+void p3p_input(const Frame& f, const int* s, double* bearings, double* pts) {
+  for (int k = 0; k < 3; ++k) {
+    const int i = s[k];
+    bearings[3 * k] = f.uc[i] / f.K.fx;  // uc = u - cx: the same double as (u - cx) / fx
+    bearings[3 * k + 1] = f.vc[i] / f.K.fy;
+    bearings[3 * k + 2] = 1.0;
+    pts[3 * k] = f.X[i];
+    pts[3 * k + 1] = f.Y[i];
+    pts[3 * k + 2] = f.Z[i];
+  }
+}
+
+}  // namespace
+
 int generate_poses(const Frame& f, Model model, const int* s, Pose* out) {
   if (model == Model::kPnP) {
     double bearings[9], pts[9];
-    for (int k = 0; k < 3; ++k) {
-      const int i = s[k];
-      bearings[3 * k] = f.uc[i] / f.K.fx;  // uc = u - cx: the same double as (u - cx) / fx
-      bearings[3 * k + 1] = f.vc[i] / f.K.fy;
-      bearings[3 * k + 2] = 1.0;
-      pts[3 * k] = f.X[i];
-      pts[3 * k + 1] = f.Y[i];
-      pts[3 * k + 2] = f.Z[i];
-    }
+    p3p_input(f, s, bearings, pts);
     return p3p_lambda_twist(bearings, pts, out);
   }
   return rigid_align_indexed(f.points.data(), f.camera.data(), nullptr, s, 3, out[0]) ? 1 : 0;
@@ -118,15 +128,7 @@ bool solve_candidates(const Frame& f, const ScoreParams& sp, const P3PSetup& st,
 // 4 cells: the same hypotheses as solving every candidate in full, ~25 % less work per sample.
 bool pnp_hypothesis(const Frame& f, const ScoreParams& sp, const int* s, Pose& pose) {
   double bearings[9], pts[9];
-  for (int k = 0; k < 3; ++k) {
-    const int i = s[k];
-    bearings[3 * k] = f.uc[i] / f.K.fx;  // uc = u - cx: the same double as (u - cx) / fx
-    bearings[3 * k + 1] = f.vc[i] / f.K.fy;
-    bearings[3 * k + 2] = 1.0;
-    pts[3 * k] = f.X[i];
-    pts[3 * k + 1] = f.Y[i];
-    pts[3 * k + 2] = f.Z[i];
-  }
+  p3p_input(f, s, bearings, pts);
   P3PSetup st;
   const int m = p3p_prepare(bearings, pts, st);
   const double X4[3] = {f.X[s[3]], f.Y[s[3]], f.Z[s[3]]};

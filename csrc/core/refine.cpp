@@ -17,154 +17,81 @@ constexpr double kTolerance64 = 1e-9;
 constexpr double kTolerance32 = 1e-5;
 
 // Inlier correspondences gathered into contiguous arrays, so the normal-equation pass is a
-// straight (SIMD-reducible) loop.
-struct Gathered {
-  Buffer<double> X, Y, Z, u, v, w;
+// straight (SIMD-reducible) loop: scene points relative to `origin`, pixels relative to the
+// principal point. float64 from the frame (origin 0); in test mode float32 from the packed cells
+// (origin: theirs, a scene point), for twice the SIMD lanes.
+template <class T>
+struct Inliers {
+  Buffer<T> X, Y, Z, u, v, w;
+  double origin[3] = {0, 0, 0};
   int n = 0;
   void assign(const Frame& f, const int* idx, int count) {
+    gather(f.X.data(), f.Y.data(), f.Z.data(), f.uc.data(), f.vc.data(), f.w.data(), idx, count);
+  }
+  void assign(const PackedCells& c, const int* idx, int count) {
+    gather(c.X.data(), c.Y.data(), c.Z.data(), c.u.data(), c.v.data(), c.w.data(), idx, count);
+    std::copy(c.origin, c.origin + 3, origin);
+  }
+
+ private:
+  void gather(const T* cx, const T* cy, const T* cz, const T* cu, const T* cv, const T* cw, const int* idx,
+              int count) {
     const size_t m = static_cast<size_t>(count);
     X.resize(m); Y.resize(m); Z.resize(m); u.resize(m); v.resize(m); w.resize(m);
     for (int k = 0; k < count; ++k) {
       const int i = idx[k];
-      X[k] = f.X[i]; Y[k] = f.Y[i]; Z[k] = f.Z[i]; u[k] = f.u[i]; v[k] = f.v[i]; w[k] = f.w[i];
+      X[k] = cx[i]; Y[k] = cy[i]; Z[k] = cz[i]; u[k] = cu[i]; v[k] = cv[i]; w[k] = cw[i];
     }
     n = count;
   }
 };
+using Gathered = Inliers<double>;
+using Gathered32 = Inliers<float>;
 
 // Weighted squared reprojection cost, normal equations H (6x6) and gradient g of the update
 // x_cam <- exp([w]x) x_cam + dt, d = (w, dt). Points behind the camera are skipped (zero weight).
-// One pass serves both the acceptance test of a step and the next step.
-TRANSPOSE_HOT
-double pnp_normal_equations(const Gathered& G, const Intrinsics& K, const Pose& p, double* H, double* g) {
-  const double r0 = p.R[0], r1 = p.R[1], r2 = p.R[2], r3 = p.R[3], r4 = p.R[4], r5 = p.R[5], r6 = p.R[6],
-               r7 = p.R[7], r8 = p.R[8], t0 = p.t[0], t1 = p.t[1], t2 = p.t[2];
-  const double fx = K.fx, fy = K.fy, cx = K.cx, cy = K.cy;
-  const double* X = G.X.data();
-  const double* Y = G.Y.data();
-  const double* Z = G.Z.data();
-  const double* U = G.u.data();
-  const double* V = G.v.data();
-  const double* Wt = G.w.data();
-  double cost = 0, g0 = 0, g1 = 0, g2 = 0, g3 = 0, g4 = 0, g5 = 0;
-  double h00 = 0, h10 = 0, h11 = 0, h20 = 0, h21 = 0, h22 = 0, h30 = 0, h31 = 0, h32 = 0, h33 = 0, h40 = 0,
-         h41 = 0, h42 = 0, h43 = 0, h44 = 0, h50 = 0, h51 = 0, h52 = 0, h53 = 0, h54 = 0, h55 = 0;
-#pragma omp simd reduction(+ : cost, g0, g1, g2, g3, g4, g5, h00, h10, h11, h20, h21, h22, h30, h31, h32, h33, \
-                           h40, h41, h42, h43, h44, h50, h51, h52, h53, h54, h55)
-  for (int k = 0; k < G.n; ++k) {
-    const double xc = r0 * X[k] + r1 * Y[k] + r2 * Z[k] + t0;
-    const double yc = r3 * X[k] + r4 * Y[k] + r5 * Z[k] + t1;
-    const double zc = r6 * X[k] + r7 * Y[k] + r8 * Z[k] + t2;
-    const double wi = zc < kMinDepth ? 0.0 : Wt[k];
-    const double iz = 1.0 / (zc < kMinDepth ? 1.0 : zc);
-    const double a = xc * iz, b = yc * iz;
-    const double ru = fx * a + cx - U[k];
-    const double rv = fy * b + cy - V[k];
-    // u = fx a + cx: du/dx_cam = fu (1, 0, -a), dv/dx_cam = fv (0, 1, -b), d x_cam / dw = -[x_cam]x.
-    const double fu = fx * iz, fv = fy * iz;
-    const double u0 = -fu * a * yc, u1 = fu * (zc + a * xc), u2 = -fu * yc, u3 = fu, u5 = -fu * a;  // u4 = 0
-    const double v0 = -fv * (zc + b * yc), v1 = fv * b * xc, v2 = fv * xc, v4 = fv, v5 = -fv * b;  // v3 = 0
-    const double wru = wi * ru, wrv = wi * rv;
-    cost += wru * ru + wrv * rv;
-    g0 += u0 * wru + v0 * wrv;
-    g1 += u1 * wru + v1 * wrv;
-    g2 += u2 * wru + v2 * wrv;
-    g3 += u3 * wru;
-    g4 += v4 * wrv;
-    g5 += u5 * wru + v5 * wrv;
-    const double wu0 = wi * u0, wu1 = wi * u1, wu2 = wi * u2, wu3 = wi * u3, wu5 = wi * u5;
-    const double wv0 = wi * v0, wv1 = wi * v1, wv2 = wi * v2, wv4 = wi * v4, wv5 = wi * v5;
-    h00 += wu0 * u0 + wv0 * v0;
-    h10 += wu1 * u0 + wv1 * v0;
-    h11 += wu1 * u1 + wv1 * v1;
-    h20 += wu2 * u0 + wv2 * v0;
-    h21 += wu2 * u1 + wv2 * v1;
-    h22 += wu2 * u2 + wv2 * v2;
-    h30 += wu3 * u0;
-    h31 += wu3 * u1;
-    h32 += wu3 * u2;
-    h33 += wu3 * u3;
-    h40 += wv4 * v0;
-    h41 += wv4 * v1;
-    h42 += wv4 * v2;
-    h43 += 0.0;
-    h44 += wv4 * v4;
-    h50 += wu5 * u0 + wv5 * v0;
-    h51 += wu5 * u1 + wv5 * v1;
-    h52 += wu5 * u2 + wv5 * v2;
-    h53 += wu5 * u3;
-    h54 += wv5 * v4;
-    h55 += wu5 * u5 + wv5 * v5;
-  }
-  const double lower[21] = {h00, h10, h11, h20, h21, h22, h30, h31, h32, h33, h40,
-                            h41, h42, h43, h44, h50, h51, h52, h53, h54, h55};
-  int k = 0;
-  for (int r = 0; r < 6; ++r)
-    for (int c = 0; c <= r; ++c, ++k) H[6 * r + c] = H[6 * c + r] = lower[k];
-  g[0] = g0; g[1] = g1; g[2] = g2; g[3] = g3; g[4] = g4; g[5] = g5;
-  return cost;
-}
-
-// Test mode's float32 copy of the inliers (from the packed cells: scene points relative to the
-// packed origin, pixels relative to the principal point), for the normal equations in 8 lanes.
-struct Gathered32 {
-  Buffer<float> X, Y, Z, u, v, w;
-  double origin[3] = {0, 0, 0};
-  int n = 0;
-  void assign(const PackedCells& c, const int* idx, int count) {
-    const size_t m = static_cast<size_t>(count);
-    X.resize(m); Y.resize(m); Z.resize(m); u.resize(m); v.resize(m); w.resize(m);
-    for (int k = 0; k < count; ++k) {
-      const int i = idx[k];
-      X[k] = c.X[i]; Y[k] = c.Y[i]; Z[k] = c.Z[i]; u[k] = c.u[i]; v[k] = c.v[i]; w[k] = c.w[i];
-    }
-    std::copy(c.origin, c.origin + 3, origin);
-    n = count;
-  }
-};
-
-// pnp_normal_equations in float32 (twice the lanes), for the same update of the double pose: the
-// pose is moved to the packed origin (t' = R o + t) and rounded to float32, terms are summed in
-// float32 over blocks of 256 points and in double across blocks. The sums carry ~1e-6 relative
-// rounding; the optimum they define moves by ~1e-7 px (lm_run's tolerance takes the rest).
-TRANSPOSE_HOT
-double pnp_normal_equations(const Gathered32& G, const Intrinsics& K, const Pose& p, double* H, double* g) {
+// One pass serves both the acceptance test of a step and the next step. Terms are computed in T
+// and summed in T over blocks of 256 points, in double across blocks: for float32, the pose is
+// moved to the gathered origin (t' = R o + t) and rounded, and the sums carry ~1e-6 relative
+// rounding, which moves the optimum they define by ~1e-7 px (lm_run's tolerance takes the rest).
+template <class T>
+TRANSPOSE_HOT double pnp_normal_equations(const Inliers<T>& G, const Intrinsics& K, const Pose& p, double* H,
+                                          double* g) {
   double to[3];
   matvec3(p.R, G.origin, to);
-  const float r0 = static_cast<float>(p.R[0]), r1 = static_cast<float>(p.R[1]), r2 = static_cast<float>(p.R[2]),
-              r3 = static_cast<float>(p.R[3]), r4 = static_cast<float>(p.R[4]), r5 = static_cast<float>(p.R[5]),
-              r6 = static_cast<float>(p.R[6]), r7 = static_cast<float>(p.R[7]), r8 = static_cast<float>(p.R[8]);
-  const float t0 = static_cast<float>(to[0] + p.t[0]), t1 = static_cast<float>(to[1] + p.t[1]),
-              t2 = static_cast<float>(to[2] + p.t[2]);
-  const float fx = static_cast<float>(K.fx), fy = static_cast<float>(K.fy), min_depth = static_cast<float>(kMinDepth);
-  const float* __restrict X = G.X.data();
-  const float* __restrict Y = G.Y.data();
-  const float* __restrict Z = G.Z.data();
-  const float* __restrict U = G.u.data();
-  const float* __restrict V = G.v.data();
-  const float* __restrict Wt = G.w.data();
+  const T r0 = static_cast<T>(p.R[0]), r1 = static_cast<T>(p.R[1]), r2 = static_cast<T>(p.R[2]),
+          r3 = static_cast<T>(p.R[3]), r4 = static_cast<T>(p.R[4]), r5 = static_cast<T>(p.R[5]),
+          r6 = static_cast<T>(p.R[6]), r7 = static_cast<T>(p.R[7]), r8 = static_cast<T>(p.R[8]);
+  const T t0 = static_cast<T>(to[0] + p.t[0]), t1 = static_cast<T>(to[1] + p.t[1]), t2 = static_cast<T>(to[2] + p.t[2]);
+  const T fx = static_cast<T>(K.fx), fy = static_cast<T>(K.fy), min_depth = static_cast<T>(kMinDepth);
+  const T* __restrict X = G.X.data();
+  const T* __restrict Y = G.Y.data();
+  const T* __restrict Z = G.Z.data();
+  const T* __restrict U = G.u.data();
+  const T* __restrict V = G.v.data();
+  const T* __restrict Wt = G.w.data();
   double sums[27] = {0};
   for (int b = 0; b < G.n; b += 256) {
     const int e = std::min(G.n, b + 256);
-    float cost = 0, g0 = 0, g1 = 0, g2 = 0, g3 = 0, g4 = 0, g5 = 0;
-    float h00 = 0, h10 = 0, h11 = 0, h20 = 0, h21 = 0, h22 = 0, h30 = 0, h31 = 0, h32 = 0, h33 = 0, h40 = 0,
-          h41 = 0, h42 = 0, h44 = 0, h50 = 0, h51 = 0, h52 = 0, h53 = 0, h54 = 0, h55 = 0;
+    T cost = 0, g0 = 0, g1 = 0, g2 = 0, g3 = 0, g4 = 0, g5 = 0;
+    T h00 = 0, h10 = 0, h11 = 0, h20 = 0, h21 = 0, h22 = 0, h30 = 0, h31 = 0, h32 = 0, h33 = 0, h40 = 0, h41 = 0,
+      h42 = 0, h44 = 0, h50 = 0, h51 = 0, h52 = 0, h53 = 0, h54 = 0, h55 = 0;
 #pragma omp simd reduction(+ : cost, g0, g1, g2, g3, g4, g5, h00, h10, h11, h20, h21, h22, h30, h31, h32, h33, \
                            h40, h41, h42, h44, h50, h51, h52, h53, h54, h55)
     for (int k = b; k < e; ++k) {
-      const float xc = r0 * X[k] + r1 * Y[k] + r2 * Z[k] + t0;
-      const float yc = r3 * X[k] + r4 * Y[k] + r5 * Z[k] + t1;
-      const float zc = r6 * X[k] + r7 * Y[k] + r8 * Z[k] + t2;
-      const float wi = zc < min_depth ? 0.0f : Wt[k];
-      const float iz = 1.0f / (zc < min_depth ? 1.0f : zc);
-      const float a = xc * iz, c = yc * iz;
-      const float ru = fx * a - U[k];  // U = u - cx
-      const float rv = fy * c - V[k];
-      // The Jacobian of pnp_normal_equations (double) above.
-      const float fu = fx * iz, fv = fy * iz;
-      const float u0 = -fu * a * yc, u1 = fu * (zc + a * xc), u2 = -fu * yc, u3 = fu, u5 = -fu * a;
-      const float v0 = -fv * (zc + c * yc), v1 = fv * c * xc, v2 = fv * xc, v4 = fv, v5 = -fv * c;
-      const float wru = wi * ru, wrv = wi * rv;
+      const T xc = r0 * X[k] + r1 * Y[k] + r2 * Z[k] + t0;
+      const T yc = r3 * X[k] + r4 * Y[k] + r5 * Z[k] + t1;
+      const T zc = r6 * X[k] + r7 * Y[k] + r8 * Z[k] + t2;
+      const T wi = zc < min_depth ? T(0) : Wt[k];
+      const T iz = T(1) / (zc < min_depth ? T(1) : zc);
+      const T a = xc * iz, c = yc * iz;
+      const T ru = fx * a - U[k];  // U = u - cx
+      const T rv = fy * c - V[k];
+      // u = fx a + cx: du/dx_cam = fu (1, 0, -a), dv/dx_cam = fv (0, 1, -c), d x_cam / dw = -[x_cam]x.
+      const T fu = fx * iz, fv = fy * iz;
+      const T u0 = -fu * a * yc, u1 = fu * (zc + a * xc), u2 = -fu * yc, u3 = fu, u5 = -fu * a;  // u4 = 0
+      const T v0 = -fv * (zc + c * yc), v1 = fv * c * xc, v2 = fv * xc, v4 = fv, v5 = -fv * c;  // v3 = 0
+      const T wru = wi * ru, wrv = wi * rv;
       cost += wru * ru + wrv * rv;
       g0 += u0 * wru + v0 * wrv;
       g1 += u1 * wru + v1 * wrv;
@@ -172,8 +99,8 @@ double pnp_normal_equations(const Gathered32& G, const Intrinsics& K, const Pose
       g3 += u3 * wru;
       g4 += v4 * wrv;
       g5 += u5 * wru + v5 * wrv;
-      const float wu0 = wi * u0, wu1 = wi * u1, wu2 = wi * u2, wu3 = wi * u3, wu5 = wi * u5;
-      const float wv0 = wi * v0, wv1 = wi * v1, wv2 = wi * v2, wv4 = wi * v4, wv5 = wi * v5;
+      const T wu0 = wi * u0, wu1 = wi * u1, wu2 = wi * u2, wu3 = wi * u3, wu5 = wi * u5;
+      const T wv0 = wi * v0, wv1 = wi * v1, wv2 = wi * v2, wv4 = wi * v4, wv5 = wi * v5;
       h00 += wu0 * u0 + wv0 * v0;
       h10 += wu1 * u0 + wv1 * v0;
       h11 += wu1 * u1 + wv1 * v1;
@@ -187,7 +114,7 @@ double pnp_normal_equations(const Gathered32& G, const Intrinsics& K, const Pose
       h40 += wv4 * v0;
       h41 += wv4 * v1;
       h42 += wv4 * v2;
-      h44 += wv4 * v4;
+      h44 += wv4 * v4;  // h43 = 0
       h50 += wu5 * u0 + wv5 * v0;
       h51 += wu5 * u1 + wv5 * v1;
       h52 += wu5 * u2 + wv5 * v2;
@@ -195,12 +122,12 @@ double pnp_normal_equations(const Gathered32& G, const Intrinsics& K, const Pose
       h54 += wv5 * v4;
       h55 += wu5 * u5 + wv5 * v5;
     }
-    const float block[27] = {cost, g0,  g1,  g2,  g3,  g4,  g5,  h00, h10, h11, h20, h21, h22, h30,
-                             h31,  h32, h33, h40, h41, h42, h44, h50, h51, h52, h53, h54, h55};
+    const T block[27] = {cost, g0,  g1,  g2,  g3,  g4,  g5,  h00, h10, h11, h20, h21, h22, h30,
+                         h31,  h32, h33, h40, h41, h42, h44, h50, h51, h52, h53, h54, h55};
     for (int q = 0; q < 27; ++q) sums[q] += block[q];
   }
-  const double* h = sums + 7;  // h00 .. h55 without h43 (0)
-  const double lower[21] = {h[0], h[1], h[2], h[3], h[4], h[5], h[6], h[7], h[8], h[9], h[10],
+  const double* h = sums + 7;
+  const double lower[21] = {h[0], h[1], h[2],  h[3],  h[4],  h[5],  h[6],  h[7],  h[8],  h[9],  h[10],
                             h[11], h[12], 0.0, h[13], h[14], h[15], h[16], h[17], h[18], h[19]};
   int k = 0;
   for (int r = 0; r < 6; ++r)
