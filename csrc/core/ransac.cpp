@@ -23,10 +23,6 @@ constexpr uint64_t kSelectionStream = 0xFFFFFFFFFFFFULL;  // random stream of th
 constexpr double kParallelWork = 1 << 21;  // hypotheses x cells above which one frame uses all threads
 constexpr int kAdaptiveBlock = 16;  // draws between two stopping checks (fixed: keeps results thread-independent)
 
-}  // namespace
-
-namespace {
-
 // The P3P input of a sample's first 3 cells: bearings (pixel - principal point) / focal, 1 and
 // scene points, (3, 3) row-major each.
 void p3p_input(const Frame& f, const int* s, double* bearings, double* pts) {
@@ -94,9 +90,9 @@ double camera_point_error(const Frame& f, const double* p, int i, const ScorePar
   return e < sp.max_err ? e : sp.max_err;
 }
 
-// Candidates whose 4th cell misses by more than this (relative to tau) beyond the bound are
-// dropped before their polish: an unpolished candidate is off by ~1e-12 relative, so this margin
-// keeps every candidate that the exact test would keep.
+// A candidate whose unpolished 4th cell misses tau by more than this fraction of tau is dropped
+// before its polish: unpolished depths are off by ~1e-12 relative, so the margin keeps every
+// candidate that the exact test would keep.
 constexpr double kPrecheckMargin = 1e-3;
 
 // The candidates of a sample whose 4th cell passed the pre-test (pnp_hypothesis): polished,
