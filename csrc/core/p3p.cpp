@@ -76,8 +76,8 @@ inline double det_rows(const double* a, const double* b, const double* c) {
 }
 
 // The largest cross product of two rows of a symmetric 3x3 matrix: its null direction when the
-// matrix has rank 2. Returns false when every pair is (near) parallel.
-bool null_vector(const double* A, double* out) {
+// matrix has rank 2, not normalised; returns its squared length (0 when every pair is parallel).
+double null_vector(const double* A, double* out) {
   double c[3][3];
   cross3(A, A + 3, c[0]);
   cross3(A, A + 6, c[1]);
@@ -91,10 +91,8 @@ bool null_vector(const double* A, double* out) {
       best = k;
     }
   }
-  if (!(bn > 0.0)) return false;
-  const double s = 1.0 / std::sqrt(bn);
-  for (int k = 0; k < 3; ++k) out[k] = c[best][k] * s;
-  return true;
+  for (int k = 0; k < 3; ++k) out[k] = c[best][k];
+  return bn > 0.0 ? bn : 0.0;
 }
 
 }  // namespace
@@ -163,9 +161,11 @@ int p3p_prepare(const double* bearings, const double* points, P3PSetup& st) {
   }
   const double* Dq = use_d1 ? D1 : D2;
 
-  // Eigen-decomposition of the rank-2 D0: null vector e3, eigenpairs (s1, e1), (s2, e2).
+  // Eigen-decomposition of the rank-2 D0: null vector e3, eigenpairs (s1, e1), (s2, e2), the
+  // vectors unnormalised (lengths r3, r1).
   double e3[3];
-  if (!null_vector(D0, e3)) return 0;
+  const double r3_squared = null_vector(D0, e3);
+  if (!(r3_squared > 0.0)) return 0;
   const double tr = D0[0] + D0[4] + D0[8];
   const double minors = (D0[0] * D0[4] - D0[1] * D0[1]) + (D0[0] * D0[8] - D0[2] * D0[2]) +
                         (D0[4] * D0[8] - D0[5] * D0[5]);
@@ -180,9 +180,12 @@ int p3p_prepare(const double* bearings, const double* points, P3PSetup& st) {
   A[8] -= s1;
   double e1[3], e2[3];
   // e1 spans the null space of D0 - s1 I, i.e. the cross of its rows (which also contain e3's
-  // orthogonal complement); fall back to any vector orthogonal to e3 when s1 is repeated.
-  if (!null_vector(A, e1)) return 0;
+  // orthogonal complement).
+  if (!(null_vector(A, e1) > 0.0)) return 0;
+  // e2 = e3 x e1 has length r3 r1. The planes below need only the direction of the unit-vector
+  // combination e1 / r1 -+ s e2 / (r3 r1), i.e. of r3 e1 -+ s e2: one square root, no division.
   cross3(e3, e1, e2);
+  const double r3 = std::sqrt(r3_squared);
   const double ratio = -s2 / s1;
   const double s = ratio > 0.0 ? std::sqrt(ratio) : 0.0;
 
@@ -194,7 +197,7 @@ int p3p_prepare(const double* bearings, const double* points, P3PSetup& st) {
   for (int si = 0; si < nsigns; ++si) {
     const double sgn = si == 0 ? 1.0 : -1.0;
     double n[3];
-    for (int k = 0; k < 3; ++k) n[k] = e1[k] - sgn * s * e2[k];
+    for (int k = 0; k < 3; ++k) n[k] = r3 * e1[k] - sgn * s * e2[k];
     // Eliminate the depth with the largest coefficient: l_k = w_i l_i + w_j l_j.
     int kk = 0;
     if (std::fabs(n[1]) > std::fabs(n[kk])) kk = 1;
