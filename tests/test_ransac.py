@@ -478,3 +478,25 @@ def test_map_entry_takes_the_plain_case_and_hands_back_the_rest():
         ransac.estimate_pose(nan_map, K)
     with pytest.raises(ValueError, match="skew"):
         ransac.estimate_pose(coords, skewed)
+
+
+def test_map_entry_accepts_exactly_the_intrinsics_python_accepts():
+    """ransac_map checks K natively (a twin of geometry.check_intrinsics, kept for a cold call's
+    cost): for every variant it must take K exactly when the Python check passes."""
+    coords, K, _, _, _ = synthetic_frame(26, 0.3)
+    parsed = _core.CoreOptions({})
+    variants = []
+    for (r, c), values in {(0, 0): (-525.0, 0.0, np.nan, np.inf), (1, 1): (-1.0, 0.0), (0, 1): (0.5, -0.0),
+                           (1, 0): (1e-3,), (2, 0): (1e-3,), (2, 1): (-2.0,), (0, 2): (np.nan, -50.0),
+                           (2, 2): (1.0 + 1e-10, 1.0 + 2e-9, 2.0)}.items():
+        for v in values:
+            bad = K.copy()
+            bad[r, c] = v
+            variants.append(bad)
+    for variant in variants:
+        try:
+            ransac._intrinsics_checked(variant, "K")
+            python_accepts = True
+        except ValueError:
+            python_accepts = False
+        assert (_core.ransac_map(coords, variant, 8, parsed, 0) is not None) == python_accepts, variant
