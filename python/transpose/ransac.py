@@ -364,13 +364,6 @@ def _map_correspondences(coords: ArrayLike, stride: int, mask: Optional[ArrayLik
     """Flatten a (3, H, W) map: pixels (H*W, 2), points as (3, H*W) planes, weights (H*W,) or None, (H, W).
 
     Finiteness is left to the core (see _raise_named)."""
-    if (mask is None and weights is None and type(coords) is np.ndarray and coords.ndim == 3
-            and coords.shape[0] == 3 and (coords.dtype == np.float32 or coords.dtype == np.float64)
-            and type(stride) is int and stride > 0):
-        # The common case, every check below passing: what it returns, in a few operations (a
-        # cold call pays ~100 ns for each Python-level step).
-        H, W = coords.shape[1:]
-        return _pixel_grid(H, W, stride), coords.reshape(3, H * W), None, (H, W)
     points = _map_planes(coords, name)
     H, W = np.shape(coords)[1:]
     stride = _check_stride(stride)
