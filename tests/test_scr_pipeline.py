@@ -162,3 +162,26 @@ def test_sim_to_real_augmentation_flags_reach_the_dataset(scene, capsys):
         with pytest.raises(SystemExit):
             cli.train_init_parser().parse_args([str(scene / "pair"), "x.net", flag, value])
         assert message in capsys.readouterr().err
+
+
+def test_novel_view_flags_reach_the_dataset(scene, tmp_path, capsys):
+    from transpose.train.scr import build_dataset
+
+    args = cli.train_init_parser().parse_args([str(scene / "pair"), "x.net", "--aug_view", "0.2",
+                                               "--aug_view_prob", "0.7"])
+    aug = build_dataset(cli._init_config_from_args(args)).aug
+    assert (aug.view_shift, aug.view_prob) == (0.2, 0.7)
+    default = cli._init_config_from_args(cli.train_init_parser().parse_args([str(scene / "pair"), "x.net"]))
+    assert (default.aug_view, default.aug_view_prob) == (0.0, 0.5)
+    with pytest.raises(SystemExit):
+        cli.train_init_parser().parse_args([str(scene / "pair"), "x.net", "--aug_view", "1"])
+    assert "--aug_view must be in [0, 1), got 1" in capsys.readouterr().err
+    # --sparse takes targets from init/, which cannot be re-rendered: one clear line, exit 2
+    assert cli._run("train_init", [str(scene / "pair"), str(tmp_path / "x.net"), "--aug_view", "0.2", "--sparse",
+                                   "--iterations", "1"]) == 2
+    assert "novel-view augmentation (view_shift) needs depth maps" in capsys.readouterr().err
+    # a short training with it runs and writes its checkpoint
+    net = tmp_path / "v.net"
+    assert cli._run("train_init", [str(scene / "pair"), str(net), "--aug_view", "0.2", "--aug_view_prob", "1",
+                                   "--iterations", "3", "--width", "0.25"]) == 0
+    assert torch.load(net, weights_only=False)["options"]["train_init"]["aug_view"] == 0.2

@@ -31,7 +31,7 @@ from .. import geometry
 
 __all__ = [
     "AugmentParams", "ViewTransform", "sample_augmentation", "view_transform", "rotation_z",
-    "map_points", "warp_image", "sample_nearest", "adjust_brightness_contrast",
+    "map_points", "warp_image", "sample_nearest", "adjust_brightness_contrast", "nearby_view", "synthesize_view",
 ]
 
 
@@ -47,6 +47,10 @@ class AugmentParams:
     relight: float = 0.0  # strength of random directional shading from the frame's normals (0: off)
     shadow: float = 0.0   # probability of a random soft-edged shadow polygon (0: off)
     camera: float = 0.0   # strength of random lens blur, vignetting, gamma and sensor noise (0: off)
+    # novel views from depth: with probability view_prob the frame is re-rendered from a camera
+    # moved by up to view_shift times its median depth (0: off); see synthesize_view
+    view_shift: float = 0.0
+    view_prob: float = 0.5
 
     def __post_init__(self) -> None:
         if not (0 < self.scale_min <= self.scale_max):
@@ -62,18 +66,24 @@ class AugmentParams:
             raise ValueError(f"augmentation shadow must be a probability in [0, 1], got {self.shadow}")
         if not 0 <= self.camera <= 1:
             raise ValueError(f"augmentation camera must be in [0, 1], got {self.camera}")
+        if not 0 <= self.view_shift < 1:
+            raise ValueError(f"augmentation view_shift must be in [0, 1) (a fraction of the depth), got {self.view_shift}")
+        if not 0 <= self.view_prob <= 1:
+            raise ValueError(f"augmentation view_prob must be a probability in [0, 1], got {self.view_prob}")
 
 
 def sample_augmentation(params: AugmentParams, generator: Optional[torch.Generator] = None) -> dict:
     """Draw one augmentation: ``{'scale', 'angle_deg', 'brightness', 'contrast'}``, plus
-    ``'relight'`` (strength) and ``'light'`` (unit direction ``(3,)``) when ``params.relight > 0``,
-    ``'shadow'`` (``(vertices (n, 2)`` in image fractions, darkness, softness) or None) when
-    ``params.shadow > 0``, and ``'camera'`` (the arguments of :func:`camera_effects`) when
-    ``params.camera > 0``.
+    ``'view'`` (the new camera centre ``(3,)`` in the camera's axes, in units of its median depth,
+    or None to keep the frame) when ``params.view_shift > 0``, ``'relight'`` (strength) and
+    ``'light'`` (unit direction ``(3,)``) when ``params.relight > 0``, ``'shadow'`` (``(vertices
+    (n, 2)`` in image fractions, darkness, softness) or None) when ``params.shadow > 0``, and
+    ``'camera'`` (the arguments of :func:`camera_effects`) when ``params.camera > 0``.
 
     Uses torch's RNG so that DataLoader workers (seeded per worker by torch) draw different values.
-    Scale is drawn log-uniformly so zooming in and out are equally likely. With relighting, shadows
-    and camera effects off, the draws are those of earlier versions (same seed, same augmentation).
+    Scale is drawn log-uniformly so zooming in and out are equally likely. With relighting, shadows,
+    camera effects and novel views off, the draws are those of earlier versions (same seed, same
+    augmentation).
     """
     u = torch.rand(4, generator=generator, dtype=torch.float64).tolist()
     log_lo, log_hi = math.log(params.scale_min), math.log(params.scale_max)
@@ -83,6 +93,12 @@ def sample_augmentation(params: AugmentParams, generator: Optional[torch.Generat
         "brightness": 1.0 + (2.0 * u[2] - 1.0) * params.brightness,
         "contrast": 1.0 + (2.0 * u[3] - 1.0) * params.contrast,
     }
+    if params.view_shift > 0:
+        w = torch.rand(2, generator=generator, dtype=torch.float64).tolist()
+        direction = torch.randn(3, generator=generator, dtype=torch.float64)
+        direction = (direction / direction.norm().clamp_min(1e-12)).numpy()
+        # uniform in the ball of radius view_shift
+        out["view"] = direction * params.view_shift * w[1] ** (1.0 / 3.0) if w[0] < params.view_prob else None
     if params.relight > 0:
         light = torch.randn(3, generator=generator, dtype=torch.float64)
         out["light"] = (light / light.norm().clamp_min(1e-12)).numpy()
@@ -345,3 +361,144 @@ def adjust_brightness_contrast(image: Union[torch.Tensor, np.ndarray], brightnes
         out = np.clip(np.float32(contrast) * out + np.float32((1.0 - contrast) * grey), 0.0, 1.0)
     out = out.astype(np.float32, copy=False)
     return torch.from_numpy(np.ascontiguousarray(out)) if is_torch else out
+
+
+# --------------------------------------------------------------------------- novel views from depth
+
+
+def nearby_view(T_c2w: np.ndarray, shift: np.ndarray, reach: float) -> np.ndarray:
+    """A camera-to-world pose ``(4, 4)`` near ``T_c2w`` that still looks at what it looked at.
+
+    The centre moves by ``shift (3,)`` (camera axes, metres); the camera then turns, by the
+    smallest rotation, so that the point ``reach`` metres along its old principal ray stays on
+    its principal ray. Why: a sideways step with the orientation kept pushes part of the view out
+    of frame and leaves a hole as wide on the other side; a new viewpoint on the same surfaces is
+    what the test views of a scene are.
+    """
+    T = np.asarray(T_c2w, dtype=np.float64)
+    centre = np.asarray(shift, dtype=np.float64).reshape(3)
+    axis_new = np.array([0.0, 0.0, float(reach)]) - centre
+    axis_new /= max(np.linalg.norm(axis_new), 1e-12)
+    cross = np.cross([0.0, 0.0, 1.0], axis_new)
+    s, c = np.linalg.norm(cross), float(axis_new[2])
+    R_old_from_new = np.eye(3) if s < 1e-12 else geometry.rvec_to_rotmat(cross / s * math.atan2(s, c))
+    return T @ geometry.make_pose(R_old_from_new, centre)
+
+
+def _push_pull_fill(values: np.ndarray, known: np.ndarray) -> np.ndarray:
+    """Fill the unknown pixels of ``values (C, H, W)`` from the known ones (``known (H, W)`` bool)
+    by a push-pull pyramid: coarser and coarser averages of the known pixels, pulled back up into
+    the holes. Known pixels are kept; a hole gets a smooth blend of what surrounds it."""
+    w = known.astype(np.float32)
+    if w.all() or not w.any():
+        return values
+    C, H, W = values.shape
+    sums = values.astype(np.float32) * w[None]
+    levels = []
+    while not (w > 0).all():  # ends by 1 x 1 at the latest, which holds every known pixel
+        levels.append((sums, w))
+        h2, w2 = -(-sums.shape[1] // 2), -(-sums.shape[2] // 2)
+        pad = ((0, 0), (0, 2 * h2 - sums.shape[1]), (0, 2 * w2 - sums.shape[2]))
+        s = np.pad(sums, pad).reshape(C, h2, 2, w2, 2).sum(axis=(2, 4))
+        ww = np.pad(w, pad[1:]).reshape(h2, 2, w2, 2).sum(axis=(1, 3))
+        sums, w = s, ww
+    mean = sums / np.maximum(w, 1e-12)[None]
+    for s, ww in reversed(levels):
+        up = np.repeat(np.repeat(mean, 2, axis=1), 2, axis=2)[:, :s.shape[1], :s.shape[2]]
+        mean = np.where(ww[None] > 0, s / np.maximum(ww, 1e-12)[None], up)
+    return mean
+
+
+def synthesize_view(image: np.ndarray, depth: np.ndarray, K: np.ndarray, T_src: np.ndarray,
+                    T_dst: np.ndarray, min_depth: float = 0.05) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Re-render an image with depth from a nearby camera (same intrinsics) by forward splatting.
+
+    Args:
+        image: ``(H, W, C)`` uint8 image seen from ``T_src`` (camera-to-world).
+        depth: ``(H, W)`` metres, pixel-aligned with ``image`` (<= 0 or non-finite: unknown).
+        K: ``(3, 3)`` intrinsics of both cameras; pixel ``(i, j)`` is centred on ``(x, y) = (j, i)``.
+        T_src, T_dst: ``(4, 4)`` camera-to-world poses of the source and the new camera.
+        min_depth: points closer than this to the new camera are dropped.
+
+    Returns:
+        ``image (H, W, C)`` uint8 and ``depth (H, W)`` float32 of the new view, and ``source (H, W,
+        2)`` float32: where in the old image each new pixel came from (``(x, y)``, NaN where
+        nothing was seen), to carry per-view maps such as normals across. Every known pixel
+        is moved to where the new camera sees it; where several land on one pixel the nearest
+        wins (a z-buffer). One-pixel cracks (a surface seen larger than before, or background
+        showing through one) take the mean of their nearer neighbours. Pixels nothing was seen
+        at (disocclusions, the border) get depth 0, so they carry no coordinate target, and a
+        push-pull blend of their surroundings in the image, so that holes are no cue.
+    """
+    H, W = depth.shape
+    C = image.shape[2]
+    K = geometry.check_intrinsics(K)
+    T_rel = geometry.invert_pose(np.asarray(T_dst, dtype=np.float64)) @ np.asarray(T_src, dtype=np.float64)
+    valid = np.isfinite(depth) & (depth > 0)
+    flat = np.flatnonzero(valid)
+    rows, cols = np.divmod(flat, W)
+    # float32 is ample for pixel positions and depths, and halves the memory traffic
+    f32 = np.float32
+    z = depth.reshape(-1)[flat].astype(f32)
+    x = (cols.astype(f32) - f32(K[0, 2])) * (z / f32(K[0, 0]))
+    y = (rows.astype(f32) - f32(K[1, 2])) * (z / f32(K[1, 1]))
+    R, t = T_rel[:3, :3].astype(f32), T_rel[:3, 3].astype(f32)
+    X = R[0, 0] * x + R[0, 1] * y + R[0, 2] * z + t[0]
+    Y = R[1, 0] * x + R[1, 1] * y + R[1, 2] * z + t[1]
+    Z = R[2, 0] * x + R[2, 1] * y + R[2, 2] * z + t[2]
+    front = Z > min_depth
+    inv_z = np.where(front, 1.0 / np.where(front, Z, 1), 0).astype(f32)
+    u = np.floor((f32(K[0, 0]) * X + f32(K[0, 1]) * Y) * inv_z + f32(K[0, 2] + 0.5))
+    v = np.floor(f32(K[1, 1]) * Y * inv_z + f32(K[1, 2] + 0.5))
+    keep = np.flatnonzero(front & (u >= 0) & (u < W) & (v >= 0) & (v < H))
+    target = v[keep].astype(np.int64) * W + u[keep].astype(np.int64)
+    Zk = Z[keep]
+    # z-buffer: per pixel the smallest key (depth in 0.1 mm steps, then the point's index); the
+    # point's index in the low bits says which point won
+    bits = max(1, int(len(Zk)).bit_length())
+    key = (np.round(Zk * f32(1e4)).astype(np.int64) << bits) | np.arange(len(Zk), dtype=np.int64)
+    best = np.full(H * W, np.iinfo(np.int64).max, dtype=np.int64)
+    np.minimum.at(best, target, key)
+    hit = np.flatnonzero(best != np.iinfo(np.int64).max)
+    winner = best[hit] & ((1 << bits) - 1)
+    out_depth = np.zeros(H * W, dtype=f32)
+    out_depth[hit] = Zk[winner]
+    # the payload: the grey levels, then the source pixel (x, y), carried and crack-filled together
+    out_image = np.zeros((H * W, C + 2), dtype=f32)
+    came_from = flat[keep[winner]]
+    out_image[hit, :C] = image.reshape(H * W, C)[came_from]
+    out_image[hit, C] = cols[keep[winner]]
+    out_image[hit, C + 1] = rows[keep[winner]]
+    out_depth = out_depth.reshape(H, W)
+    out_image = out_image.reshape(H, W, C + 2)
+
+    # cracks: a pixel with no point, or one behind at least 5 of its 8 neighbours, is a gap in the
+    # nearer surface; it takes the mean of those nearer neighbours (two passes close 2-px gaps)
+    for _ in range(2):
+        far = np.where(out_depth > 0, out_depth, np.inf).astype(f32)
+        pad_far = np.pad(far, 1, constant_values=np.inf)
+        pad_d = np.pad(out_depth, 1)
+        pad_i = np.pad(out_image, ((1, 1), (1, 1), (0, 0)))
+        count = np.zeros((H, W), dtype=f32)
+        sum_d = np.zeros((H, W), dtype=f32)
+        sum_i = np.zeros((H, W, C + 2), dtype=f32)
+        limit = f32(0.97) * far
+        for di in (-1, 0, 1):
+            for dj in (-1, 0, 1):
+                if di == 0 and dj == 0:
+                    continue
+                nearer = (pad_far[1 + di:1 + di + H, 1 + dj:1 + dj + W] < limit).astype(f32)
+                count += nearer
+                sum_d += nearer * pad_d[1 + di:1 + di + H, 1 + dj:1 + dj + W]
+                sum_i += nearer[..., None] * pad_i[1 + di:1 + di + H, 1 + dj:1 + dj + W]
+        fix = count >= 5
+        if not fix.any():
+            break
+        inv = 1.0 / np.maximum(count, 1)
+        out_depth = np.where(fix, sum_d * inv, out_depth)
+        out_image = np.where(fix[..., None], sum_i * inv[..., None], out_image)
+    seen = out_depth > 0
+    filled = _push_pull_fill(np.moveaxis(out_image[..., :C], -1, 0), seen)
+    out = np.clip(np.moveaxis(filled, 0, -1) + 0.5, 0, 255).astype(np.uint8)
+    source = np.where(seen[..., None], out_image[..., C:], np.nan).astype(f32)
+    return out, out_depth, source

@@ -31,7 +31,8 @@ from torch.utils.data import Dataset
 from .. import geometry
 from . import layout
 from .augment import (AugmentParams, adjust_brightness_contrast, apply_shadow, camera_effects, map_points,
-                      relight_image, sample_augmentation, sample_nearest, view_transform, warp_image)
+                      nearby_view, relight_image, sample_augmentation, sample_nearest, synthesize_view,
+                      view_transform, warp_image)
 
 __all__ = ["SceneDataset", "SCR_MEAN", "SCR_STD", "IMAGENET_MEAN", "IMAGENET_STD", "map_stride"]
 
@@ -146,6 +147,11 @@ class SceneDataset(Dataset):
                     raise ValueError(f"{images[missing[0]]}: no {name} file for this frame in {sec / name} "
                                      f"({len(missing)} of {len(keys)} frames lack one)")
         self.targets = targets
+        if self.augment and self.aug.view_shift > 0:
+            # a re-rendered view needs a depth map to move its pixels, and gets its targets from it
+            if targets != "depth":
+                raise ValueError(f"{sec}: novel-view augmentation (view_shift) needs depth maps as the coordinate "
+                                 f"targets (these frames use '{targets}')")
         self.frames: List[str] = keys
         self.image_paths = [images[k] for k in keys]
         self.pose_paths = [poses[k] for k in keys]
@@ -218,6 +224,20 @@ class SceneDataset(Dataset):
         params = {"scale": 1.0, "angle_deg": 0.0, "brightness": 1.0, "contrast": 1.0}
         if self.augment:
             params = sample_augmentation(self.aug)
+        depth = None
+        if self.depth_paths[index] is not None:
+            depth = self._read("depth", self.depth_paths[index], layout.read_depth)
+            d_stride = map_stride((H, W), depth.shape, str(self.depth_paths[index]))
+        source = None  # with a re-rendered view: where each of its pixels was in the frame (x, y)
+        if params.get("view") is not None:
+            if depth.shape != (H, W):
+                raise ValueError(f"{self.depth_paths[index]}: novel-view augmentation needs depth at the image's "
+                                 f"resolution {W}x{H}, got {depth.shape[1]}x{depth.shape[0]}")
+            seen = depth[np.isfinite(depth) & (depth > 0)]
+            reach = float(np.median(seen)) if seen.size else 1.0
+            T_new = nearby_view(T_in, params["view"] * reach, reach)
+            raw, depth, source = synthesize_view(raw, depth, K_in, T_in, T_new)
+            T_in = T_new
         scale *= params["scale"]
         size_out = self.output_size
         if size_out is None and self.image_height is not None and not self.augment:
@@ -236,7 +256,15 @@ class SceneDataset(Dataset):
             path = self.normal_paths[index]
             normal = self._read("normal", path, layout.read_normals)
             n_stride = map_stride((H, W), normal.shape[1:], str(path))
-            n_out, _ = sample_nearest(np.nan_to_num(normal), cells_in, n_stride, labelled_cells(normal))
+            # world-frame normals belong to the surface, not the view: a re-rendered cell takes the
+            # normal of the frame's pixel it came from
+            at, seen = cells_in, None
+            if source is not None:
+                at, seen = sample_nearest(np.moveaxis(source, -1, 0), cells_in, 1, depth > 0)
+                at = np.moveaxis(at, 0, -1)
+            n_out, _ = sample_nearest(np.nan_to_num(normal), at, n_stride, labelled_cells(normal))
+            if seen is not None:
+                n_out = np.where(seen[None], n_out, 0.0).astype(n_out.dtype)
         if params.get("relight", 0.0) > 0 and n_out is not None:
             image = relight_image(image, n_out, params["light"], params["relight"], self.stride)
         if params.get("shadow") is not None:
@@ -254,10 +282,6 @@ class SceneDataset(Dataset):
             "index": index,
         }
 
-        depth = None
-        if self.depth_paths[index] is not None:
-            depth = self._read("depth", self.depth_paths[index], layout.read_depth)
-            d_stride = map_stride((H, W), depth.shape, str(self.depth_paths[index]))
         if self.targets == "init":
             path = self.init_paths[index]
             init = self._read("init", path, layout.read_coords)

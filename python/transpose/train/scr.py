@@ -55,6 +55,8 @@ class InitConfig:
     aug_relight: float = 0.0        # random directional shading from normal maps (0: off)
     aug_shadow: float = 0.0         # probability of a random shadow polygon (0: off)
     aug_camera: float = 0.0         # random blur, vignetting, tone curve, noise (0: off)
+    aug_view: float = 0.0           # novel views from depth: camera moved up to this x its depth (0: off)
+    aug_view_prob: float = 0.5      # share of frames re-rendered so
     seed: int = 0
     checkpoint_every: int = 1000
     log_every: int = 10
@@ -106,7 +108,8 @@ def build_dataset(cfg: InitConfig, section: Optional[str] = None, output_size: O
         output_size = output_size_for(scene_dir, section, cfg.image_height)
     aug = AugmentParams(scale_min=cfg.aug_scale[0], scale_max=cfg.aug_scale[1], rotation_deg=cfg.aug_rotation,
                         brightness=cfg.aug_brightness, contrast=cfg.aug_contrast, relight=cfg.aug_relight,
-                        shadow=cfg.aug_shadow, camera=cfg.aug_camera)
+                        shadow=cfg.aug_shadow, camera=cfg.aug_camera, view_shift=cfg.aug_view,
+                        view_prob=cfg.aug_view_prob)
     return SceneDataset(scene_dir, section, mode="scr", augment=cfg.augment, aug=aug, image_height=cfg.image_height,
                         output_size=output_size, targets=targets, root=cfg.root, load_depth=False,
                         load_normals=load_normals, cache_mb=cfg.cache_mb)
@@ -295,7 +298,7 @@ def add_readout(path, net, datasets, passes: int, dim: int, ridge: float, seed: 
 
 #: The training settings an existing checkpoint's readout passes reuse (augmentation, targets).
 _READOUT_SETTINGS = ("augment", "aug_scale", "aug_rotation", "aug_brightness", "aug_contrast", "aug_relight",
-                     "aug_shadow", "aug_camera", "sparse")
+                     "aug_shadow", "aug_camera", "aug_view", "aug_view_prob", "sparse")
 
 
 def readout_checkpoint(network, scene, sections: Optional[str] = None, out=None, passes: int = 4,
