@@ -48,6 +48,11 @@ def test_synthesize_view_same_pose_is_the_identity(indoor):
     assert np.array_equal(image[seen], grey[seen])
     rows, cols = np.nonzero(seen)
     assert np.array_equal(source[seen], np.c_[cols, rows]) and np.isnan(source[~seen]).all()
+    # a skewed K back-projects and projects through the same matrix: still the identity
+    skewed = K.copy()
+    skewed[0, 1] = 6.0
+    _, d_skew, _ = A.synthesize_view(grey, depth, skewed, T, T)
+    assert np.allclose(d_skew[seen], depth[seen], atol=1e-4) and np.array_equal(d_skew > 0, seen)
 
 
 def test_synthesize_view_matches_a_render_of_the_new_pose(indoor):

@@ -442,8 +442,9 @@ def synthesize_view(image: np.ndarray, depth: np.ndarray, K: np.ndarray, T_src: 
     # float32 is ample for pixel positions and depths, and halves the memory traffic
     f32 = np.float32
     z = depth.reshape(-1)[flat].astype(f32)
-    x = (cols.astype(f32) - f32(K[0, 2])) * (z / f32(K[0, 0]))
-    y = (rows.astype(f32) - f32(K[1, 2])) * (z / f32(K[1, 1]))
+    y_n = (rows.astype(f32) - f32(K[1, 2])) / f32(K[1, 1])
+    x = (cols.astype(f32) - f32(K[0, 2]) - f32(K[0, 1]) * y_n) * (z / f32(K[0, 0]))  # K^-1, skew too
+    y = y_n * z
     R, t = T_rel[:3, :3].astype(f32), T_rel[:3, 3].astype(f32)
     X = R[0, 0] * x + R[0, 1] * y + R[0, 2] * z + t[0]
     Y = R[1, 0] * x + R[1, 1] * y + R[1, 2] * z + t[1]
