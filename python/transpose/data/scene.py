@@ -233,8 +233,8 @@ class SceneDataset(Dataset):
             if depth.shape != (H, W):
                 raise ValueError(f"{self.depth_paths[index]}: novel-view augmentation needs depth at the image's "
                                  f"resolution {W}x{H}, got {depth.shape[1]}x{depth.shape[0]}")
-            seen = depth[np.isfinite(depth) & (depth > 0)]
-            reach = float(np.median(seen)) if seen.size else 1.0
+            known = depth[np.isfinite(depth) & (depth > 0)]
+            reach = float(np.median(known)) if known.size else 1.0
             T_new = nearby_view(T_in, params["view"] * reach, reach)
             raw, depth, source = synthesize_view(raw, depth, K_in, T_in, T_new)
             T_in = T_new
