@@ -287,14 +287,15 @@ def test_train_init_readout_lowers_the_coordinate_error(tmp_path, capsys):
     net.clear_readout()
     assert with_readout < 0.8 * median_error(net)
 
-    # test.py re-fits the readout's poses robustly by default: 1 px per 120 px of image height
+    # test.py re-fits the readout's poses robustly by default (1 px per 120 px of image height) and
+    # pools the cells of the image zoomed 1.5x with its own
     import json
 
-    for flag, scale in (([], 64 / 120), (["--robust_scale", "0"], 0.0)):
+    for flag, scale, scales in (([], 64 / 120, [1.0, 1.5]), (["--robust_scale", "0", "--scales", "1"], 0.0, [1.0])):
         assert cli._run("test", [str(tmp_path / "s"), str(net_path), "--section", "train_sim", "--out",
                                  str(tmp_path / "t"), *flag]) == 0
-        settings = json.loads((tmp_path / "t" / "results.json").read_text())["settings"]["ransac"]
-        assert abs(settings["robust_scale"] - scale) < 1e-9
+        settings = json.loads((tmp_path / "t" / "results.json").read_text())["settings"]
+        assert abs(settings["ransac"]["robust_scale"] - scale) < 1e-9 and settings["scales"] == scales
 
     # --resume of the finished run loads the readout from the checkpoint and fits it again
     assert cli._run("train_init", args + ["--resume"]) == 0
@@ -320,6 +321,9 @@ def test_train_init_readout_lowers_the_coordinate_error(tmp_path, capsys):
                                    "--iterations", "2", "--width", "0.25"]) == 0
     assert cli._run("readout", [str(tmp_path / "s"), str(tmp_path / "x.net")]) == 2
     assert "has a regression head" in capsys.readouterr().err
+    assert cli._run("test", [str(tmp_path / "s"), str(tmp_path / "x.net"), "--section", "train_sim", "--frames", "2",
+                             "--out", str(tmp_path / "tx")]) == 0  # a regression network: one scale
+    assert json.loads((tmp_path / "tx" / "results.json").read_text())["settings"]["scales"] == [1.0]
     for flag, value, message in (("--readout", "two", "--readout must be an integer >= 0, got 'two'"),
                                  ("--readout", "-1", "--readout must be >= 0, got -1"),
                                  ("--readout_ridge", "-0.5", "--readout_ridge must be >= 0, got -0.5")):

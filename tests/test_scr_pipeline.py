@@ -82,6 +82,22 @@ def test_localizes_its_training_frames(scene, localized):
     assert (maps["sigma"] > 0).all() and np.nanmedian(maps["coord_error"]) < 0.1
 
 
+def test_pooled_scales_localize_with_depth(scene, trained, tmp_path):
+    """--scales 1,1.5 on the RGB-D network: the zoomed cells' depth is read at their pixels, the
+    poses stay right, and maps and inlier masks are those of the image as it is."""
+    out = tmp_path / "zoom"
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert cli._run("test", [str(scene / "pair"), str(trained), "--section", "test", "--save_map",
+                                 "--scales", "1,1.5", "--out", str(out)]) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["settings"]["scales"] == [1.0, 1.5] and results["settings"]["mode"] == 2
+    for frame in results["frames"]:
+        # 300 cells of the image and 690 (30 x 23) zoomed ones
+        assert frame["rot_err_deg"] < 2.0 and frame["trans_err_m"] < 0.05 and frame["inliers"] > 300
+    maps = np.load(out / "maps" / f"{FRAMES[0]}.npz")
+    assert maps["coords"].shape == (3, 15, 20) and maps["inlier_mask"].shape == (15, 20)
+
+
 def test_visualize_writes_figures(localized):
     out, _ = localized
     code = cli._run("visualize", [str(out), "--keywords", "uncertainty,results,loss,coords,trajectory"])

@@ -83,6 +83,20 @@ def _auto_or(kind: Callable) -> Callable:
     return parse
 
 
+def _scales(text: str) -> tuple:
+    """argparse type of ``--scales``: a comma list of test zooms, 1 among them (see evaluate.check_scales)."""
+    from .evaluate import check_scales
+
+    try:
+        values = [float(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--scales must be a comma list of numbers, got '{text}'") from None
+    try:
+        return check_scales(values)
+    except ValueError as e:  # its message starts with "scales"
+        raise argparse.ArgumentTypeError(f"--{e}") from None
+
+
 def _fraction(name: str, closed: bool = False) -> Callable:
     """argparse type: a float in [0, 1) (``closed``: [0, 1])."""
     def parse(text: str) -> float:
@@ -312,6 +326,10 @@ def test_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default=None)
     p.add_argument("--frames", type=int, default=None, help="localize only the first N frames")
+    p.add_argument("--scales", type=_auto_or(_scales), default="auto", metavar="S1,S2",
+                   help="zooms of each test image whose cells are pooled into one RANSAC, 1 among them (e.g. "
+                   "1,1.5: one more forward pass at 1.5x); auto (default): 1,1.5 for cluster networks (measured "
+                   "to help them), 1 otherwise")
     _add_ransac_args(p)
     return p
 
@@ -352,14 +370,17 @@ def evaluate_checkpoint(args: argparse.Namespace, network: Path, out_dir: Option
 
         height = output_size_for(dataset.scene_dir, args.section, options.get("image_height"))[0]
         args = argparse.Namespace(**{**vars(args), "robust_scale": height / 120.0 if options.get("readout_dim") else 0.0})
+    from .evaluate import CLUSTER_TEST_SCALES
+
+    scales = args.scales if args.scales != "auto" else (CLUSTER_TEST_SCALES if options.get("num_clusters") else (1.0,))
     out_dir = Path(out_dir or args.out or f"{Path(network).with_suffix('')}_{args.section}")
     opts = _ransac_options(args)
     results = localize_section(net, dataset, opts, rgbd=(mode == 2),
-                               save_map_dir=out_dir / "maps" if args.save_map else None)
+                               save_map_dir=out_dir / "maps" if args.save_map else None, scales=scales)
     summary = summarize(results)
     title = f"{dataset.scene_dir.name} / {args.section}  ({network})"
     settings = {"network": str(network), "scene": str(dataset.scene_dir), "section": args.section,
-                "mode": mode, "ransac": vars(opts), "network_options": {k: v for k, v in options.items()
+                "mode": mode, "scales": list(scales), "ransac": vars(opts), "network_options": {k: v for k, v in options.items()
                                                                          if k not in ("train_init", "train_e2e")}}
     paths = write_results(out_dir, results, summary, settings, title)
     print(format_metrics(summary, title))

@@ -278,11 +278,15 @@ def map_points(M: np.ndarray, points: np.ndarray) -> np.ndarray:
 
 
 def warp_image(image: torch.Tensor, M: np.ndarray, size_out: Tuple[int, int], mode: str = "bilinear",
-               fill: float = 0.0) -> torch.Tensor:
+               fill: float = 0.0, padding: str = "fill") -> torch.Tensor:
     """Resample ``image (C, H, W)`` so that output pixel ``p`` takes the input value at ``M @ p``.
 
-    Bilinear (or ``'nearest'``) sampling at pixel centres; outside the input the value is ``fill``.
+    Bilinear (or ``'nearest'``) sampling at pixel centres; outside the input the value is ``fill``,
+    or with ``padding='border'`` that of the nearest edge pixel (a zoom into the image then has no
+    dark rim where its outermost pixels fall within half a pixel of the edge).
     """
+    if padding not in ("fill", "border"):
+        raise ValueError(f"padding must be 'fill' or 'border', got '{padding}'")
     C, H, W = image.shape
     H_out, W_out = size_out
     # affine_grid works in normalised coordinates (align_corners=False: -1 and 1 are the outer
@@ -301,7 +305,8 @@ def warp_image(image: torch.Tensor, M: np.ndarray, size_out: Tuple[int, int], mo
     src = image.to(torch.float32)[None]
     if fill != 0.0:
         src = src - fill
-    out = F.grid_sample(src, grid, mode=mode, padding_mode="zeros", align_corners=False)[0]
+    out = F.grid_sample(src, grid, mode=mode, padding_mode="zeros" if padding == "fill" else "border",
+                        align_corners=False)[0]
     if fill != 0.0:
         out = out + fill
     return out.to(image.dtype) if image.is_floating_point() else out
