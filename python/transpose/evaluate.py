@@ -184,8 +184,8 @@ def _core_kwargs(opts: RansacOptions) -> Dict[str, Any]:
 #: 71.3 % (medians 4.3-4.7 -> 3.3-3.4 cm). On one of them 1 + 1.25 gave 68.3 %, 1 + 1.75 71.3 %,
 #: 1 + 1.25 + 1.5 69.3 %, 1.25 or 1.5 alone 65.7 / 61.7 %, 1 + 0.8 + 1.25 69.3 %; half-cell shifts or
 #: +-5 deg rotations at scale 1 stayed within 3 points of 1 alone (their errors are those of the same
-#: view). Fine-tuned sim-to-real networks on test_real: medians -6 to -19 % without a readout, -7 to
-#: -22 % with one.
+#: view). Fine-tuned sim-to-real networks on test_real: medians -5 to -19 % without a readout, -8 to
+#: -25 % with one.
 CLUSTER_TEST_SCALES: Tuple[float, ...] = (1.0, 1.5)
 
 
