@@ -191,7 +191,7 @@ CLUSTER_TEST_SCALES: Tuple[float, ...] = (1.0, 1.5)
 
 @dataclass
 class ZoomedCells:
-    """The cells of one zoomed forward pass, placed in the original image.
+    """The cells of one forward pass (of the image as it is, or zoomed), placed in the original image.
 
     Attributes:
         coords: ``(3, h, w)`` predicted scene coordinates.
@@ -265,13 +265,10 @@ def solve_pooled(cells: Sequence[ZoomedCells], K: np.ndarray, opts: RansacOption
     mask, weights = _uncertainty_mask_weights(sigma, opts)
     kwargs = _core_kwargs(opts)
     if depth is not None:
-        depth = np.asarray(depth, dtype=np.float64)
-        H, W = depth.shape
-        ix, iy = np.rint(pixels[:, 0]).astype(np.int64), np.rint(pixels[:, 1]).astype(np.int64)
-        inside = (ix >= 0) & (ix < W) & (iy >= 0) & (iy < H)
-        d = np.full(len(pixels), np.nan)
-        d[inside] = depth[iy[inside], ix[inside]]
-        cam = geometry.backproject_depth(d[:, None], K, pixels=pixels[:, None])[:, 0]
+        from .data.augment import sample_nearest
+
+        d, inside = sample_nearest(np.asarray(depth, dtype=np.float64)[None], pixels, 1)
+        cam = geometry.backproject_depth(np.where(inside, d[0], np.nan)[:, None], K, pixels=pixels[:, None])[:, 0]
         return ransac.estimate_pose_rgbd(cam, points, K, mask=mask, weights=weights, **kwargs)
     return ransac.estimate_pose_from_points(pixels, points, K, mask=mask, weights=weights, **kwargs)
 
