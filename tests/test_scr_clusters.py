@@ -258,6 +258,7 @@ def test_network_readout_decodes_round_trips_and_clears():
 
 
 def test_train_init_readout_lowers_the_coordinate_error(tmp_path, capsys):
+    from transpose.data.augment import AugmentParams
     from transpose.data.scene import SceneDataset
     from transpose.data.synthetic import render_scene
     from transpose.train.scr import load_network
@@ -272,6 +273,8 @@ def test_train_init_readout_lowers_the_coordinate_error(tmp_path, capsys):
     assert net.has_readout and options["readout_dim"] == 8 and options["readout"]["passes"] == 2
     stats = options["readout"]
     assert stats["cells"] > 6 * 8 * 12 and stats["rms_after"] < 0.8 * stats["rms_before"]
+    # the augmented pass zooms as test.py does (1 to 1.5x), not as training did (0.9-1.1)
+    assert stats["zoom"] == [1.0, 1.5]
 
     data = SceneDataset(tmp_path / "s", "train_sim", mode="scr", targets="depth", load_normals=False)
 
@@ -286,6 +289,17 @@ def test_train_init_readout_lowers_the_coordinate_error(tmp_path, capsys):
     with_readout = median_error(net)
     net.clear_readout()
     assert with_readout < 0.8 * median_error(net)
+
+    # the readout's augmented view of a dataset zooms in the given range and leaves the dataset as it was
+    from transpose.train.readout import _with_augment
+
+    trained_aug = SceneDataset(tmp_path / "s", "train_sim", mode="scr", targets="depth", load_normals=False,
+                               augment=True, aug=AugmentParams(scale_min=0.9, scale_max=1.1, rotation_deg=0.0))
+    zoomed = _with_augment(trained_aug, True, (1.0, 1.5))
+    torch.manual_seed(0)
+    zooms = [zoomed[i % len(zoomed)]["K"][0, 0].item() / data[0]["K"][0, 0].item() for i in range(24)]
+    assert 1.0 <= min(zooms) and max(zooms) <= 1.5 and max(zooms) > 1.3
+    assert (trained_aug.aug.scale_min, trained_aug.aug.scale_max) == (0.9, 1.1)
 
     # test.py re-fits the readout's poses robustly by default (1 px per 120 px of image height) and
     # pools the cells of the image zoomed 1.5x with its own

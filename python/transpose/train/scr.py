@@ -283,9 +283,11 @@ def add_readout(path, net, datasets, passes: int, dim: int, ridge: float, seed: 
     (atomically; its training state is kept, so ``--resume`` still works). Returns the fit's statistics."""
     from .. import io
     from .checkpoint import load_checkpoint
-    from .readout import fit_cluster_readout
+    from .readout import TEST_ZOOM, fit_cluster_readout
 
-    stats = fit_cluster_readout(net, datasets, passes=passes, dim=dim, ridge=ridge, seed=seed, progress=progress)
+    # augmented passes zoom as test.py will (TEST_ZOOM), with the training's other augmentation
+    stats = fit_cluster_readout(net, datasets, passes=passes, dim=dim, ridge=ridge, seed=seed, progress=progress,
+                                zoom=TEST_ZOOM)
     print(f"readout: {stats['cells']} cells, {stats['clusters']} clusters, offset RMS {100 * stats['rms_before']:.1f} "
           f"-> {100 * stats['rms_after']:.1f} cm on the training cells ({stats['seconds']:.0f} s)")
     ckpt = load_checkpoint(path, KIND)
