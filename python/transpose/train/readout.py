@@ -139,9 +139,10 @@ def fit_cluster_readout(model, datasets, passes: int = 4, dim: int = DEFAULT_DIM
             other augmentation stays), e.g. :data:`TEST_ZOOM`.
 
     Returns:
-        ``{'passes', 'cells', 'clusters', 'rms_before', 'rms_after', 'seconds'}``: passes made, training cells used, clusters
-        that had some, and the root-mean-square offset from the centres on those cells, without
-        and with the readout (metres).
+        ``{'passes', 'cells', 'clusters', 'rms_before', 'rms_after', 'seconds', 'zoom'}``: passes made, training cells
+        used, clusters that had some, the root-mean-square offset from the centres on those cells,
+        without and with the readout (metres), and the augmented passes' zoom range (None when
+        they kept the datasets' own, or there were none).
     """
     net = coordinate_network(model)
     if not net.num_clusters:
