@@ -30,7 +30,7 @@ def test_quick_demo_writes_consistent_results(tmp_path, capsys):
     net, options = load_network(out / "scr.net")
     trained = options["train_init"]
     assert options["uncertainty"] and net.num_clusters == 1024 and net.has_readout
-    assert trained["section"] == "train_sim" and trained["max_minutes"] == 0.1 and trained["readout"] == 2
+    assert trained["section"] == "train_sim" and trained["max_minutes"] == 0.1 and trained["readout"] == 4
     assert options["readout"]["rms_after"] < 0.5 * options["readout"]["rms_before"]  # the fit did its job
 
     # what test.py wrote agrees with itself and with what the demo returned

@@ -217,6 +217,30 @@ def test_readout_system_recovers_linear_offsets_and_matches_the_ridge_formula():
     assert abs(rms_after - math.sqrt(((2 - 1) ** 2 + (-2 + 1) ** 2) / 2)) < 1e-6
 
 
+def test_readout_system_buffers_cells_and_sums_each_clusters_normal_equations():
+    from transpose.train.readout import ReadoutSystem
+
+    # many small adds, accumulated 100 cells at a time and grouped by cluster, the rest in solve:
+    # the same normal equations and ridge solution as summing every cell's outer product
+    g = torch.Generator().manual_seed(2)
+    z, y = torch.randn(500, 3, generator=g), torch.randn(500, 3, generator=g)
+    labels = torch.randint(0, 5, (500,), generator=g)
+    system = ReadoutSystem(5, 3)
+    for s in range(0, 500, 37):
+        system.add(z[s:s + 37], y[s:s + 37], labels[s:s + 37], chunk=100)
+    w, _, _ = system.solve(ridge=1.0)
+    assert torch.equal(system.solve(ridge=1.0, block=2)[0], w)   # solved a few clusters at a time: the same
+    zc = torch.cat([z, torch.ones(500, 1)], 1).double()
+    for k in range(5):
+        sel = labels == k
+        A, b = zc[sel].T @ zc[sel], zc[sel].T @ y[sel].double()
+        assert torch.allclose(system.A[k], A) and torch.allclose(system.b[k], b)
+        expected = torch.linalg.solve(A + torch.diag(torch.tensor([1.0, 1.0, 1.0, 0.0], dtype=torch.float64)), b)
+        assert torch.allclose(w[k].double(), expected, atol=1e-5)
+    assert system.count.tolist() == torch.bincount(labels, minlength=5).tolist()
+    assert torch.allclose(system.yy, torch.zeros(5, dtype=torch.float64).index_add_(0, labels, y.double().pow(2).sum(1)))
+
+
 def test_network_readout_decodes_round_trips_and_clears():
     net = SCRNet(width=0.25, num_clusters=8)
     net.cluster_centers.copy_(torch.arange(24, dtype=torch.float32).view(8, 3))
@@ -344,3 +368,13 @@ def test_train_init_readout_lowers_the_coordinate_error(tmp_path, capsys):
         with pytest.raises(SystemExit):
             cli.train_init_parser().parse_args([str(tmp_path / "s"), "x.net", flag, value])
         assert message in capsys.readouterr().err
+
+
+def test_readout_flag_defaults_are_the_readout_modules():
+    # the parsers spell the defaults as literals (building one must not import torch): keep them in step
+    from transpose import cli
+    from transpose.train import readout
+
+    for parser in (cli.train_init_parser(), cli.readout_parser()):
+        args = parser.parse_args(["scene", "net.net"])
+        assert (args.readout_dim, args.readout_ridge) == (readout.DEFAULT_DIM, readout.DEFAULT_RIDGE)
