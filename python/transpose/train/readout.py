@@ -9,7 +9,7 @@ ridge regression from those features to the offset, over every labelled cell of 
 the last layer only.
 
 Features are first projected on their ``dim`` leading principal components, standardised, so that
-the per-cluster systems stay small ((dim + 1)^2 numbers per cluster, accumulated frame by frame:
+the per-cluster systems stay small ((dim + 1)^2 numbers per cluster, accumulated in blocks of cells:
 memory does not grow with the number of frames) and the ridge weight ``ridge`` reads as a number of
 pseudo-observations pulling a cluster's map towards zero.
 
@@ -67,7 +67,7 @@ def pca_basis(samples: torch.Tensor, dim: int) -> tuple:
 
 
 class ReadoutSystem:
-    """Per-cluster normal equations of ``offset = [z, 1] W_k``, accumulated cell by cell.
+    """Per-cluster normal equations of ``offset = [z, 1] W_k``, accumulated in blocks of cells.
 
     Args:
         num_clusters: K.
