@@ -67,6 +67,21 @@ def test_projection_backprojection_roundtrip():
     assert np.allclose(z, depth.reshape(-1), atol=1e-9)
     # cell (i, j) sees pixel (8j + 4, 8i + 4)
     assert tuple(pix[2, 5]) == (44.0, 20.0)
+    # a skewed camera: project applies K as a matrix, backproject_depth undoes it
+    K_skew = K.copy()
+    K_skew[0, 1] = 12.0
+    world = g.backproject_depth(depth, K_skew, T, pixels=pix)
+    uv, z = g.project(world.reshape(-1, 3), T, K_skew)
+    assert np.allclose(uv, pix.reshape(-1, 2), atol=1e-9) and np.allclose(z, depth.reshape(-1), atol=1e-9)
+    cam = g.transform_points(g.invert_pose(T), world.reshape(-1, 3))
+    homogeneous = cam @ K_skew.T
+    assert np.allclose(homogeneous[:, :2] / homogeneous[:, 2:], pix.reshape(-1, 2), atol=1e-9)
+    torch = pytest.importorskip("torch")
+    uv_torch = g.project_torch(torch.from_numpy(cam), torch.from_numpy(K_skew))
+    assert np.allclose(uv_torch.numpy(), pix.reshape(-1, 2), atol=1e-9)
+    batched = g.project_torch(torch.from_numpy(cam).expand(2, -1, -1), torch.from_numpy(np.stack([K, K_skew])))
+    assert np.allclose(batched[1].numpy(), pix.reshape(-1, 2), atol=1e-9)
+    assert not np.allclose(batched[0].numpy(), pix.reshape(-1, 2), atol=1e-3)   # no skew: pixels shift
 
 
 def test_errors():

@@ -1,4 +1,5 @@
 """The cluster-classification coordinate head: k-means, loss, network, and that training learns."""
+import inspect
 import math
 
 import numpy as np
@@ -241,6 +242,34 @@ def test_readout_system_buffers_cells_and_sums_each_clusters_normal_equations():
     assert torch.allclose(system.yy, torch.zeros(5, dtype=torch.float64).index_add_(0, labels, y.double().pow(2).sum(1)))
 
 
+def test_readout_system_weights_cells_as_if_added_that_many_times():
+    from transpose.data.scene import section_repeats
+    from transpose.train.readout import ReadoutSystem
+
+    g = torch.Generator().manual_seed(3)
+    z, y = torch.randn(90, 3, generator=g), torch.randn(90, 3, generator=g)
+    labels = torch.randint(0, 4, (90,), generator=g)
+    weighted, repeated = ReadoutSystem(4, 3), ReadoutSystem(4, 3)
+    weighted.add(z[:60], y[:60], labels[:60], chunk=50)
+    weighted.add(z[60:], y[60:], labels[60:], weight=3.0, chunk=50)
+    repeated.add(z[:60], y[:60], labels[:60])
+    for _ in range(3):
+        repeated.add(z[60:], y[60:], labels[60:])
+    w_weighted, *rms_weighted = weighted.solve(ridge=2.0)
+    w_repeated, *rms_repeated = repeated.solve(ridge=2.0)
+    assert torch.allclose(weighted.A, repeated.A) and torch.allclose(weighted.b, repeated.b)
+    assert torch.allclose(w_weighted, w_repeated, atol=1e-6)
+    assert all(abs(a - b) < 1e-9 for a, b in zip(rms_weighted, rms_repeated))
+    assert weighted.count.sum() == 90 and repeated.count.sum() == 150   # cells, not weights
+    for bad in (0.0, -1.0, float("nan")):
+        with pytest.raises(ValueError, match="weight must be positive"):
+            weighted.add(z, y, labels, weight=bad)
+
+    # each dataset weighs about as much as the largest
+    assert section_repeats([900, 90]) == [1, 10] and section_repeats([225, 23]) == [1, 10]
+    assert section_repeats([40, 100, 60]) == [2, 1, 2] and section_repeats([7]) == [1]
+
+
 def test_network_readout_decodes_round_trips_and_clears():
     net = SCRNet(width=0.25, num_clusters=8)
     net.cluster_centers.copy_(torch.arange(24, dtype=torch.float32).view(8, 3))
@@ -350,6 +379,21 @@ def test_train_init_readout_lowers_the_coordinate_error(tmp_path, capsys):
         assert torch.allclose(getattr(refitted, name), getattr(again, name), atol=1e-5)
     assert cli._run("readout", [str(tmp_path / "s"), str(refit), "--readout", "1", "--readout_dim", "4"]) == 0
     assert load_network(refit)[1]["readout_dim"] == 4 and load_network(net_path)[1]["readout_dim"] == 8
+    # on several sections each weighs about as much as the largest: the smaller one's frames are
+    # re-read in the augmented pass (more cells); --section_weighting frames reads every frame once
+    from transpose.data.scene import section_repeats
+
+    sizes = [len(list((tmp_path / "s" / name / "rgb").iterdir())) for name in ("train_sim", "train_real")]
+    expected = dict(zip(("train_sim", "train_real"), section_repeats(sizes)))
+    fitted = {}
+    for weighting in ("sections", "frames"):
+        assert cli._run("readout", [str(tmp_path / "s"), str(net_path), "--out", str(tmp_path / f"{weighting}.net"),
+                                    "--section", "train_sim,train_real", "--readout", "2", "--readout_dim", "8",
+                                    "--section_weighting", weighting]) == 0
+        fitted[weighting] = load_network(tmp_path / f"{weighting}.net")[1]["readout"]
+    assert max(expected.values()) > 1 and fitted["sections"]["repeats"] == expected
+    assert set(fitted["frames"]["repeats"].values()) == {1}
+    assert fitted["sections"]["cells"] > fitted["frames"]["cells"]
 
     capsys.readouterr()
     assert cli._run("train_init", [str(tmp_path / "s"), str(tmp_path / "x.net"), "--section", "train_sim",
@@ -378,3 +422,5 @@ def test_readout_flag_defaults_are_the_readout_modules():
     for parser in (cli.train_init_parser(), cli.readout_parser()):
         args = parser.parse_args(["scene", "net.net"])
         assert (args.readout_dim, args.readout_ridge) == (readout.DEFAULT_DIM, readout.DEFAULT_RIDGE)
+        assert (args.section_weighting == "sections") == inspect.signature(
+            readout.fit_cluster_readout).parameters["balance"].default

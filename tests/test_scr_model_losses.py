@@ -9,10 +9,11 @@ from transpose.losses import InitLossConfig, reprojection_errors, scr_init_loss,
 from transpose.models.scr import SCRNet, output_size
 
 
-def exact_scene(B=2, h=6, w=8, seed=0):
+def exact_scene(B=2, h=6, w=8, seed=0, skew=0.0):
     """Coordinates back-projected from random depths: exact targets for known poses."""
     rng = np.random.default_rng(seed)
     K = g.intrinsics_matrix(50.0, 52.0, 31.0, 25.0)
+    K[0, 1] = skew
     poses, coords = [], []
     for _ in range(B):
         T = g.make_pose(g.rvec_to_rotmat(rng.normal(size=3) * 0.3), rng.normal(size=3))
@@ -52,6 +53,13 @@ def test_reprojection_error_zero_for_exact_coordinates():
     err2, _ = reprojection_errors(shifted, T, K)
     z = depth[0, 0, 0].item()
     assert abs(err2[0, 0, 0].item() - 50.0 * 0.1 / z) < 1e-6
+    # a skewed camera: exact coordinates still reproject exactly, and so do constant-depth targets
+    from transpose.losses import constant_depth_target
+
+    coords, T, K = exact_scene(skew=4.0)
+    assert reprojection_errors(coords, T, K)[0].max() < 1e-9
+    err3, depth3 = reprojection_errors(constant_depth_target(T, K, 6, 8, depth=2.5), T, K)
+    assert err3.max() < 1e-9 and torch.allclose(depth3, torch.full_like(depth3, 2.5))
 
 
 def test_init_loss_modes():

@@ -128,6 +128,47 @@ def test_contrastive_groups_and_positive_mask(scene):
         ContrastiveGroups(bad, mining)
 
 
+def test_balance_sections_draws_each_section_about_as_often(scene, tmp_path, monkeypatch):
+    from transpose.data.scene import section_repeats
+    from transpose.train import transfer
+
+    cfg = TransferConfig(scene=str(scene), out="unused", section="train_sim,train_real", image_height=48)
+    datasets = build_datasets(cfg, ["train_sim", "train_real"])
+    mining = mine_scene(scene, ("train_sim", "train_real"), MiningConfig(cells=64, pos_forward=0.2, pos_backward=0.3))
+    repeats = section_repeats([len(d) for d in datasets])
+    assert repeats == [1, 9]                                      # 18 renders, 2 photos
+    plain = ContrastiveGroups(datasets, mining)
+    balanced = ContrastiveGroups(datasets, mining, anchor_repeats=repeats)
+    real = plain.anchors >= len(datasets[0])
+    assert real.any() and sorted(balanced.anchors.tolist()) == sorted(
+        plain.anchors[~real].tolist() + 9 * plain.anchors[real].tolist())
+    for bad in ([1], [1, 0]):
+        with pytest.raises(ValueError, match="anchor_repeats"):
+            ContrastiveGroups(datasets, mining, anchor_repeats=bad)
+
+    # train_init (--section_weighting sections, the default): an epoch of the plain (no NCE) path
+    # draws each photo 9 times; --section_weighting frames each frame once
+    seen = {}
+    real_loop = transfer.train_loop
+
+    def spy(net, optimizer, dataset, *args, **kwargs):
+        seen["frames"] = len(dataset)
+        return real_loop(net, optimizer, dataset, *args, **kwargs)
+
+    monkeypatch.setattr(transfer, "train_loop", spy)
+    net_path = tmp_path / "bal.net"
+    assert cli._run("train_init", _train_args(scene, net_path, "--section", "train_sim,train_real",
+                                              "--iterations", "2")) == 0
+    assert seen["frames"] == 18 + 9 * 2
+    assert load_network(net_path)[1]["trained_on"]["repeats"] == {"train_sim": 1, "train_real": 9}
+    assert cli._run("train_init", _train_args(scene, tmp_path / "flat.net", "--section", "train_sim,train_real",
+                                              "--section_weighting", "frames", "--iterations", "2")) == 0
+    assert seen["frames"] == 20
+    # the default, spelled as a literal in the parser, is the config's
+    parsed = cli.train_init_parser().parse_args([str(scene), "n.net", "--section", "train_sim,train_real"])
+    assert transfer.config_from_args(parsed).balance_sections is TransferConfig.balance_sections is True
+
+
 def _train_args(scene, out, *extra):
     return [str(scene), str(out), "--width", "0.25", "--image_height", "48", "--learningrate", "2e-3",
             "--checkpoint_every", "1000", "--seed", "0", *extra]

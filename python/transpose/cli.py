@@ -51,6 +51,13 @@ def _add_readout_args(p: argparse.ArgumentParser) -> None:
                    help="ridge weight of the readout, in pseudo-observations per cluster (default 10)")
 
 
+def _add_section_weighting_arg(p, what: str) -> None:
+    p.add_argument("--section_weighting", choices=("sections", "frames"), default="sections",
+                   help=f"with several sections, in {what}: 'sections' (default) weighs each about as much as the "
+                   "largest (a small section's frames drawn that many times more often, with fresh augmentation: "
+                   "a few real frames beside many renders count); 'frames' counts every frame once")
+
+
 def _bounded(kind: Callable, name: str, positive: bool) -> Callable:
     """argparse type: ``kind(text)`` > 0 (``positive``) or >= 0; NaN fails either, and a non-number
     gets a line naming the flag too."""
@@ -191,6 +198,7 @@ def train_init_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--logdir", default=None, help="TensorBoard + CSV logs (default: <network>_log/)")
     g = p.add_argument_group("TransPose sim-to-real (--section may list several: train_sim,train_real)")
+    _add_section_weighting_arg(g, "training (frames or contrastive anchors) and the readout")
     g.add_argument("--contrastive", type=float, default=0.0, metavar="WEIGHT",
                    help="weight of the supervised contrastive loss on mined sim/real pairs (0: off)")
     g.add_argument("--temperature", type=_positive(float, "--temperature"), default=0.07, help="SupCon temperature")
@@ -220,7 +228,8 @@ def _init_config_from_args(args: argparse.Namespace):
                             mindepth=args.mindepth, inittolerance=args.inittolerance, targetdepth=args.targetdepth),
         sparse=args.sparse, uncertainty=args.uncertainty, nll_weight=args.nll_weight, width=args.width,
         norm=args.norm, clusters=args.clusters, readout=args.readout, readout_dim=args.readout_dim,
-        readout_ridge=args.readout_ridge, tiny=args.tiny, image_height=args.image_height, augment=not args.no_augment,
+        readout_ridge=args.readout_ridge, balance_sections=args.section_weighting == "sections", tiny=args.tiny,
+        image_height=args.image_height, augment=not args.no_augment,
         aug_scale=tuple(args.aug_scale), aug_rotation=args.aug_rotation,
         aug_brightness=args.aug_brightness, aug_contrast=args.aug_contrast, aug_relight=args.aug_relight,
         aug_shadow=args.aug_shadow, aug_camera=args.aug_camera, aug_view=args.aug_view,
@@ -695,6 +704,7 @@ def readout_parser() -> argparse.ArgumentParser:
                    help="passes over the frames, the first plain, the others with the training's augmentation "
                    "(default 4)")
     _add_readout_args(p)
+    _add_section_weighting_arg(p, "the fit")
     p.add_argument("--seed", type=int, default=0)
     return p
 
@@ -703,7 +713,7 @@ def run_readout(args: argparse.Namespace) -> Dict:
     from .train.scr import readout_checkpoint
 
     return readout_checkpoint(args.network, args.scene, args.section, args.out, args.readout, args.readout_dim,
-                              args.readout_ridge, args.seed, args.root)
+                              args.readout_ridge, args.seed, args.root, balance=args.section_weighting == "sections")
 
 
 # --------------------------------------------------------------------------- dispatch

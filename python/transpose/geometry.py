@@ -251,11 +251,13 @@ def project(points_world: np.ndarray, T_c2w: np.ndarray, K: np.ndarray) -> Tuple
     """Project world points ``(N, 3)`` into a camera with pose ``T_c2w``.
 
     Returns pixels ``(N, 2)`` and depths ``(N,)`` (z in the camera frame; <= 0 means behind).
+    A skew ``K[0, 1]`` is applied.
     """
     cam = transform_points(invert_pose(T_c2w), points_world)
     z = cam[..., 2]
     with np.errstate(divide="ignore", invalid="ignore"):
-        uv = (cam[..., :2] / z[..., None]) * np.array([K[0, 0], K[1, 1]]) + np.array([K[0, 2], K[1, 2]])
+        x, y = cam[..., 0] / z, cam[..., 1] / z
+    uv = np.stack([K[0, 0] * x + K[0, 1] * y + K[0, 2], K[1, 1] * y + K[1, 2]], axis=-1)
     return uv, z
 
 
@@ -271,7 +273,8 @@ def backproject_depth(depth: np.ndarray, K: np.ndarray, T_c2w: np.ndarray | None
             i.e. the sample ``(i, j)`` is at ``(x, y) = (j, i)``).
 
     Returns:
-        ``(H, W, 3)`` points (camera frame, or world frame when ``T_c2w`` is given).
+        ``(H, W, 3)`` points (camera frame, or world frame when ``T_c2w`` is given). A skew
+        ``K[0, 1]`` is undone (the inverse of :func:`project`).
     """
     depth = np.asarray(depth, dtype=np.float64)
     H, W = depth.shape
@@ -281,8 +284,9 @@ def backproject_depth(depth: np.ndarray, K: np.ndarray, T_c2w: np.ndarray | None
         gx, gy = pixels[..., 0], pixels[..., 1]
     valid = np.isfinite(depth) & (depth > 0)
     z = np.where(valid, depth, np.nan)
-    x = (gx - K[0, 2]) / K[0, 0] * z
-    y = (gy - K[1, 2]) / K[1, 1] * z
+    y_n = (gy - K[1, 2]) / K[1, 1]
+    x = (gx - K[0, 2] - K[0, 1] * y_n) / K[0, 0] * z
+    y = y_n * z
     pts = np.stack([x, y, z], axis=-1)
     if T_c2w is not None:
         pts = transform_points(T_c2w, pts)
@@ -394,10 +398,10 @@ def project_torch(points_cam: "torch.Tensor", K: "torch.Tensor", min_depth: floa
     """Pinhole projection of camera-frame points ``(..., N, 3)`` with ``K (..., 3, 3)`` -> ``(..., N, 2)``.
 
     Depth is clamped to ``min_depth`` so points behind the camera give finite (wrong) pixels;
-    callers mask them by depth.
+    callers mask them by depth. A skew ``K[..., 0, 1]`` is applied (as :func:`project`).
     """
     z = points_cam[..., 2:3].clamp_min(min_depth)
     xy = points_cam[..., :2] / z
-    f = torch.stack([K[..., 0, 0], K[..., 1, 1]], -1)[..., None, :]
-    c = torch.stack([K[..., 0, 2], K[..., 1, 2]], -1)[..., None, :]
-    return xy * f + c
+    K = K.to(xy.dtype)
+    # K's top two rows applied to (x, y, 1): [fx s cx; 0 fy cy]
+    return xy @ K[..., :2, :2].transpose(-1, -2) + K[..., None, :2, 2]

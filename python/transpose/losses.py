@@ -45,8 +45,9 @@ def constant_depth_target(T_c2w: torch.Tensor, K: torch.Tensor, h: int, w: int, 
     """Scene coordinates ``(B, 3, h, w)`` at a constant ``depth`` along each cell's ray (DSAC*'s RGB-only target)."""
     pix = cell_centers_torch(h, w, stride, T_c2w.device, T_c2w.dtype).reshape(1, -1, 2)
     fx, fy, cx, cy = K[:, 0, 0, None], K[:, 1, 1, None], K[:, 0, 2, None], K[:, 1, 2, None]
-    x = (pix[..., 0] - cx) / fx * depth
-    y = (pix[..., 1] - cy) / fy * depth
+    y_n = (pix[..., 1] - cy) / fy
+    x = (pix[..., 0] - cx - K[:, 0, 1, None] * y_n) / fx * depth   # undoes a skew K[0, 1]
+    y = y_n * depth
     cam = torch.stack([x, y, torch.full_like(x, depth)], -1)
     world = transform_points_torch(T_c2w, cam)
     return world.reshape(-1, h, w, 3).permute(0, 3, 1, 2)

@@ -21,7 +21,7 @@ All frames must have the same image size (build the section datasets with ``outp
 """
 from __future__ import annotations
 
-from typing import Any, Dict, List, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -51,13 +51,16 @@ class ContrastiveGroups(Dataset):
         mining: the mined lists (:func:`transpose.data.overlap.mine_scene`).
         pos_same, pos_cross, negatives: how many of each to draw per group (fewer when a list is short).
         cross_anchors_only: use only anchors that have a cross-domain positive.
+        anchor_repeats: per dataset, how many times each of its anchors is listed (an epoch draws
+            it that often), e.g. :func:`~transpose.data.scene.section_repeats` to balance sections.
 
     Raises:
         ValueError when the datasets' frames do not match the mining's names, or no anchor has a positive.
     """
 
     def __init__(self, datasets: Sequence[Dataset], mining: PairMining, pos_same: int = 1, pos_cross: int = 1,
-                 negatives: int = 2, cross_anchors_only: bool = False):
+                 negatives: int = 2, cross_anchors_only: bool = False,
+                 anchor_repeats: Optional[Sequence[int]] = None):
         names = [f"{ds.section}/{key}" for ds in datasets for key in ds.frames]
         if names != list(mining.names):
             first = next((i for i, (a, b) in enumerate(zip(names, mining.names)) if a != b), min(len(names), len(mining)))
@@ -70,6 +73,12 @@ class ContrastiveGroups(Dataset):
         self.anchors = mining.anchors(cross=cross_anchors_only)
         if self.anchors.size == 0:
             raise ValueError("no frame has a mined positive: loosen pos_forward / pos_backward or add frames")
+        if anchor_repeats is not None:
+            if len(anchor_repeats) != len(self.datasets) or min(anchor_repeats) < 1:
+                raise ValueError(f"anchor_repeats: need one count >= 1 per dataset ({len(self.datasets)}), "
+                                 f"got {list(anchor_repeats)}")
+            owner = np.searchsorted(self.offsets, self.anchors, side="right") - 1
+            self.anchors = np.repeat(self.anchors, np.asarray(anchor_repeats, dtype=np.int64)[owner])
 
     def __len__(self) -> int:
         return int(self.anchors.size)

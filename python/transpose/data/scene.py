@@ -321,6 +321,14 @@ def coordinate_targets(scene: Union[str, Path], section: str, sparse: bool = Fal
     return "depth" if has_depth else "auto"
 
 
+def section_repeats(sizes: Sequence[int]) -> List[int]:
+    """How many times to count each of several datasets of ``sizes`` frames so that each weighs
+    about as much as the largest: ``round(largest / size)``, at least 1. E.g. 900 renders and 90
+    photos -> ``[1, 10]``."""
+    sizes = [max(int(n), 1) for n in sizes]
+    return [max(1, round(max(sizes) / n)) for n in sizes]
+
+
 def labelled_cells(values: np.ndarray) -> np.ndarray:
     """``(h, w)`` cells of a ``(3, h, w)`` map that hold a label: finite, not all zeros (DSAC*'s
     "no label") and not all -1 (CrossLoc's own converter marks missing points so)."""

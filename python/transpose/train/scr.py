@@ -44,6 +44,7 @@ class InitConfig:
     readout: int = 0                # passes of the closed-form offset readout after training (clusters; 0: off)
     readout_dim: int = READOUT_DIM  # principal components of the head's features the readout reads
     readout_ridge: float = READOUT_RIDGE  # its ridge weight
+    balance_sections: bool = True   # several sections: each weighs about as much as the largest (training, readout)
     init: Optional[str] = None      # start from this coordinate checkpoint's weights (fine-tuning)
     tiny: bool = False              # DSAC*'s --tiny: width 0.5
     image_height: Optional[int] = None
@@ -271,13 +272,13 @@ def readout_after_training(cfg: InitConfig, net, datasets: list) -> Optional[Dic
     stats = None
     if distributed.is_main_process():
         stats = add_readout(cfg.out, net, datasets, cfg.readout, cfg.readout_dim, cfg.readout_ridge, cfg.seed,
-                            cfg.progress)
+                            cfg.progress, balance=cfg.balance_sections)
     distributed.barrier()
     return stats
 
 
 def add_readout(path, net, datasets, passes: int, dim: int, ridge: float, seed: int = 0,
-                progress: bool = True) -> Dict[str, Any]:
+                progress: bool = True, balance: bool = True) -> Dict[str, Any]:
     """Fit the closed-form offset readout of ``net`` (an SCRNet or a TransPose network) on ``datasets``
     (:func:`~transpose.train.readout.fit_cluster_readout`) and store it in the checkpoint at ``path``
     (atomically; its training state is kept, so ``--resume`` still works). Returns the fit's statistics."""
@@ -287,7 +288,7 @@ def add_readout(path, net, datasets, passes: int, dim: int, ridge: float, seed: 
 
     # augmented passes zoom as test.py will (TEST_ZOOM), with the training's other augmentation
     stats = fit_cluster_readout(net, datasets, passes=passes, dim=dim, ridge=ridge, seed=seed, progress=progress,
-                                zoom=TEST_ZOOM)
+                                zoom=TEST_ZOOM, balance=balance)
     print(f"readout: {stats['cells']} cells, {stats['clusters']} clusters, offset RMS {100 * stats['rms_before']:.1f} "
           f"-> {100 * stats['rms_after']:.1f} cm on the training cells ({stats['seconds']:.0f} s)")
     ckpt = load_checkpoint(path, KIND)
@@ -305,11 +306,12 @@ _READOUT_SETTINGS = ("augment", "aug_scale", "aug_rotation", "aug_brightness", "
 
 def readout_checkpoint(network, scene, sections: Optional[str] = None, out=None, passes: int = 4,
                        dim: int = READOUT_DIM, ridge: float = READOUT_RIDGE, seed: int = 0, root: str = "datasets",
-                       progress: bool = True) -> Dict[str, Any]:
+                       progress: bool = True, balance: bool = True) -> Dict[str, Any]:
     """Fit the readout of an already trained cluster checkpoint ``network`` (train_init, e2e or
     TransPose) on ``sections`` (comma-separated; default: those it was trained on) of ``scene``,
     with the image size and augmentation it was trained with, and write it to ``out`` (default:
-    ``network`` itself; atomically either way). Returns the fit's statistics."""
+    ``network`` itself; atomically either way); ``balance`` as in
+    :func:`~transpose.train.readout.fit_cluster_readout`. Returns the fit's statistics."""
     from .. import io
     from .checkpoint import load_checkpoint
     from .readout import coordinate_network
@@ -325,7 +327,7 @@ def readout_checkpoint(network, scene, sections: Optional[str] = None, out=None,
     datasets = [build_dataset(cfg, name) for name in names if name]
     if out is not None and Path(out).resolve() != Path(network).resolve():
         io.save_torch(out, load_checkpoint(network, KIND))
-    return add_readout(cfg.out, net, datasets, passes, dim, ridge, seed, progress)
+    return add_readout(cfg.out, net, datasets, passes, dim, ridge, seed, progress, balance)
 
 
 def _scene_clusters(cfg: InitConfig, datasets: list, per_frame: int = 256) -> torch.Tensor:

@@ -14,6 +14,10 @@ coordinate training on fused mid-level features (MLR), all on the shared loop of
   same sections (targets: camera depth of the coordinate targets; camera-frame normals from
   ``normal/``), L1 / (1 - cos) plus a Laplace NLL for its uncertainty; checkpoint kind ``task``.
 
+With several sections, each is drawn about as often as the largest (``cfg.balance_sections``,
+``--section_weighting sections``: an epoch lists a small section's frames, or its contrastive
+anchors, several times), so that 90 real frames beside 900 renders are seen as often as them.
+
 Checkpoints of coordinate networks have kind ``scr``; with a head or MLR their options hold a
 ``transpose`` entry, and :func:`transpose.train.scr.load_network` rebuilds them.
 """
@@ -27,6 +31,7 @@ import torch
 from torch.utils.data import ConcatDataset
 
 from ..data.overlap import MiningConfig
+from ..data.scene import section_repeats
 from ..losses import cell_contrastive_loss, laplace_nll, supcon_loss
 from ..models.heads import TASKS, TaskNet, TransposeNet, task_names
 from .checkpoint import load_checkpoint
@@ -109,8 +114,21 @@ def _task_targets(task: str, batch: Dict[str, Any], device) -> Tuple[torch.Tenso
     return n_cam, n_world.norm(dim=1) > 0.5
 
 
+def section_weights(cfg: TransferConfig, datasets: Sequence) -> List[int]:
+    """How many times each section's frames are drawn per epoch (all 1 with ``--section_weighting frames``)."""
+    return section_repeats([len(d) for d in datasets]) if cfg.balance_sections else [1] * len(datasets)
+
+
+def _frames(datasets: Sequence, repeats: Sequence[int]):
+    """The frames of several sections as one dataset, a section repeated r times listed r times
+    (an epoch then draws each of its frames r times, with fresh augmentation)."""
+    repeated = [d for d, r in zip(datasets, repeats) for _ in range(r)]
+    return repeated[0] if len(repeated) == 1 else ConcatDataset(repeated)
+
+
 def _train_task(cfg: TransferConfig, datasets: list, device) -> Dict[str, Any]:
-    dataset = datasets[0] if len(datasets) == 1 else ConcatDataset(datasets)
+    repeats = section_weights(cfg, datasets)
+    dataset = _frames(datasets, repeats)
     net = TaskNet(cfg.task, width=cfg.network_width(), norm=cfg.norm).to(device)
     optimizer = make_adam(net.parameters(), lr=cfg.learningrate)
     scheduler = _scheduler(optimizer, cfg)
@@ -134,10 +152,11 @@ def _train_task(cfg: TransferConfig, datasets: list, device) -> Dict[str, Any]:
 
     options = {**net.options(), "image_height": cfg.image_height,
                "trained_on": {"scene": str(datasets[0].scene_dir), "sections": [d.section for d in datasets],
-                              "frames": len(dataset)},
+                              "frames": int(sum(len(d) for d in datasets)),
+                              "repeats": {d.section: r for d, r in zip(datasets, repeats)}},
                "train_init": _plain(cfg)}
     summary = train_loop(net, optimizer, dataset, step, _loop_config(cfg, KIND_TASK, options), scheduler)
-    summary.update(frames=len(dataset), network=net)
+    summary.update(frames=int(sum(len(d) for d in datasets)), network=net)
     return summary
 
 
@@ -194,16 +213,18 @@ def train_transfer(cfg: TransferConfig) -> Dict[str, Any]:
     optimizer = make_adam(parameter_groups(net, cfg.learningrate))
     scheduler = _scheduler(optimizer, cfg)
 
+    repeats = section_weights(cfg, datasets)
     collate = None
     if grouped:
         from ..data.overlap import mine_scene
         from ..data.pairs import ContrastiveCollate, ContrastiveGroups
 
         mining = mine_scene(cfg.scene, sections, cfg.mining, cfg.root, progress=cfg.progress)
-        dataset = ContrastiveGroups(datasets, mining, cfg.pos_same, cfg.pos_cross, cfg.negatives)
+        dataset = ContrastiveGroups(datasets, mining, cfg.pos_same, cfg.pos_cross, cfg.negatives,
+                                    anchor_repeats=repeats)
         collate = ContrastiveCollate(mining)
     else:
-        dataset = datasets[0] if len(datasets) == 1 else ConcatDataset(datasets)
+        dataset = _frames(datasets, repeats)
 
     def step(batch: Dict[str, Any], iteration: int) -> Dict[str, torch.Tensor]:
         image = batch["image"].to(device)
@@ -229,7 +250,8 @@ def train_transfer(cfg: TransferConfig) -> Dict[str, Any]:
 
     options = {**net.options(), "image_height": cfg.image_height, "mode": cfg.loss.mode, "sparse": cfg.sparse,
                "trained_on": {"scene": str(datasets[0].scene_dir), "section": ",".join(sections),
-                              "frames": int(sum(len(d) for d in datasets))},
+                              "frames": int(sum(len(d) for d in datasets)),
+                              "repeats": dict(zip(sections, repeats))},
                "train_init": _plain(cfg)}
     summary = train_loop(net, optimizer, dataset, step, _loop_config(cfg, KIND, options, collate), scheduler)
     if cfg.readout:
