@@ -114,7 +114,7 @@ def _task_targets(task: str, batch: Dict[str, Any], device) -> Tuple[torch.Tenso
     return n_cam, n_world.norm(dim=1) > 0.5
 
 
-def section_weights(cfg: TransferConfig, datasets: Sequence) -> List[int]:
+def _section_weights(cfg: TransferConfig, datasets: Sequence) -> List[int]:
     """How many times each section's frames are drawn per epoch (all 1 with ``--section_weighting frames``)."""
     return section_repeats([len(d) for d in datasets]) if cfg.balance_sections else [1] * len(datasets)
 
@@ -127,7 +127,7 @@ def _frames(datasets: Sequence, repeats: Sequence[int]):
 
 
 def _train_task(cfg: TransferConfig, datasets: list, device) -> Dict[str, Any]:
-    repeats = section_weights(cfg, datasets)
+    repeats = _section_weights(cfg, datasets)
     dataset = _frames(datasets, repeats)
     net = TaskNet(cfg.task, width=cfg.network_width(), norm=cfg.norm).to(device)
     optimizer = make_adam(net.parameters(), lr=cfg.learningrate)
@@ -213,7 +213,7 @@ def train_transfer(cfg: TransferConfig) -> Dict[str, Any]:
     optimizer = make_adam(parameter_groups(net, cfg.learningrate))
     scheduler = _scheduler(optimizer, cfg)
 
-    repeats = section_weights(cfg, datasets)
+    repeats = _section_weights(cfg, datasets)
     collate = None
     if grouped:
         from ..data.overlap import mine_scene
