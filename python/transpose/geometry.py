@@ -256,8 +256,9 @@ def project(points_world: np.ndarray, T_c2w: np.ndarray, K: np.ndarray) -> Tuple
     cam = transform_points(invert_pose(T_c2w), points_world)
     z = cam[..., 2]
     with np.errstate(divide="ignore", invalid="ignore"):
-        x, y = cam[..., 0] / z, cam[..., 1] / z
-    uv = np.stack([K[0, 0] * x + K[0, 1] * y + K[0, 2], K[1, 1] * y + K[1, 2]], axis=-1)
+        uv = (cam[..., :2] / z[..., None]) * np.array([K[0, 0], K[1, 1]]) + np.array([K[0, 2], K[1, 2]])
+        if K[0, 1] != 0:  # only when skewed: a zero skew would add 0 * inf at z = 0
+            uv[..., 0] += K[0, 1] * cam[..., 1] / z
     return uv, z
 
 
